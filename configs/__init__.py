@@ -1,0 +1,1 @@
+"""Config presets (ml_collections files for absl's --config flag)."""

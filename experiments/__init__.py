@@ -1,0 +1,1 @@
+"""Thin absl binaries: flags -> config -> one library call."""

@@ -1,0 +1,23 @@
+"""Logical axis names and the shape-letter legend.
+
+Arrays carry logical axis names (never mesh axis names); `jaxsae.sharding.RULES` maps them onto
+the device mesh. Variable names end in shape letters, e.g. `w_enc_df`, `x_bd`:
+
+  B  batch of tokens        (BATCH)
+  T  sequence position      (SEQ)
+  D  input/model width      (D_IN)
+  O  output width           (D_OUT, transcoders; equals D for plain SAEs)
+  F  dictionary latents     (D_SAE)
+  K  top-k slots            (no axis name: always local)
+  L  layers                 (LAYER)
+"""
+
+BATCH = "batch"
+SEQ = "seq"
+D_IN = "d_in"
+D_OUT = "d_out"
+D_SAE = "d_sae"
+LAYER = "layer"
+VOCAB = "vocab"
+
+ALL = (BATCH, SEQ, D_IN, D_OUT, D_SAE, LAYER, VOCAB)

@@ -1,0 +1,187 @@
+"""Typed, validated configs.
+
+Presets live in `configs/*.py` as ml_collections ConfigDicts (so absl's `--config.a.b=v` overrides
+work); `from_configdict` turns one into these frozen dataclasses, rejecting unknown keys, wrong
+types and out-of-range values with messages that name the field and the valid choices. Inner code
+only ever receives the slice it needs (`TrainConfig`, a `Dictionary` spec, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+_UNIONS = (typing.Union, types.UnionType)
+
+NORMALIZE = ("none", "expected_norm", "unit_msn", "auto")
+B_DEC_INIT = ("geometric_median", "mean", "zeros")
+DATA_SOURCES = ("toy", "npy")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    architecture: str = "topk"
+    d_sae: int = 4096
+    k: float | None = 32  # topk / batchtopk / matryoshka (batchtopk may be fractional)
+    sparsity_coefficient: float | None = None  # None: the architecture's default
+    variant: str | None = None  # relu: "april2024" | "2023"
+    bandwidth: float | None = None  # jumprelu
+    threshold_init: float | None = None  # jumprelu
+    k_aux: int | None = None
+    aux_alpha: float | None = None
+    multi_topk: bool | None = None
+    sparse_decoder: bool | None = None
+    group_fractions: tuple[float, ...] | None = None  # matryoshka
+    threshold_start_step: int | None = None  # batchtopk family: when the threshold EMA starts
+    activation: str = "topk"  # transcoder: the activation of its latents
+    d_out: int | None = None  # transcoder target width (None: from the data)
+    skip: bool = False  # transcoder: linear skip connection W_skip
+    apply_b_dec_to_input: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 4096
+    lr: float | None = None  # None: the architecture's published default
+    adam_b1: float | None = None
+    adam_b2: float | None = None
+    adam_eps: float | None = None
+    lr_warmup_steps: int | None = None
+    lr_decay_fraction: float | None = None  # linear decay to 0 over this last fraction of steps
+    sparsity_warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    dead_tokens: int = 10_000_000  # tokens without firing before a latent counts as dead
+    normalize: str = "auto"  # none | expected_norm (E||x|| = sqrt d) | unit_msn (E||x||^2 = 1) | auto
+    norm_batches: int = 16  # batches used to estimate the normalisation scale
+    b_dec_init: str = "geometric_median"
+    b_dec_samples: int = 16384
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "toy"
+    path: str | None = None  # npy: [N, d_in] array (or [N, d_in + d_out] with y_columns)
+    y_path: str | None = None  # npy: optional [N, d_out] target array (transcoders)
+    # toy generator (jaxsae.toy.synthetic)
+    d_in: int = 64
+    d_out: int | None = None
+    n_features: int = 512
+    firing_prob: float = 0.01
+    magnitude_mean: float = 1.0
+    magnitude_std: float = 0.25
+    correlated_pairs: int = 0
+    hierarchy_children: int = 0
+    noise_std: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    model: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    sae: SAEConfig = SAEConfig()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    seed: int = 0
+
+    def validate(self) -> "Config":
+        from jaxsae.dictionaries.registry import NAMES
+
+        s, t, d = self.sae, self.train, self.data
+        if s.architecture not in NAMES:
+            raise ValueError(f"sae.architecture={s.architecture!r} is unknown; valid choices: {', '.join(NAMES)}")
+        if s.d_sae <= 0:
+            raise ValueError(f"sae.d_sae must be > 0, got {s.d_sae}")
+        if t.steps <= 0 or t.batch_size <= 0:
+            raise ValueError(f"train.steps and train.batch_size must be > 0, got {t.steps}, {t.batch_size}")
+        if t.lr is not None and t.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {t.lr}")
+        if t.normalize not in NORMALIZE:
+            raise ValueError(f"train.normalize={t.normalize!r} is unknown; valid choices: {', '.join(NORMALIZE)}")
+        if t.b_dec_init not in B_DEC_INIT:
+            raise ValueError(f"train.b_dec_init={t.b_dec_init!r} is unknown; valid choices: {', '.join(B_DEC_INIT)}")
+        if d.source not in DATA_SOURCES:
+            raise ValueError(f"data.source={d.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
+        if d.source == "npy" and not d.path:
+            raise ValueError("data.source=npy needs --config.data.path=FILE.npy (an [N, d_in] float array)")
+        if t.checkpoint_every <= 0 or t.log_every <= 0:
+            raise ValueError("train.checkpoint_every and train.log_every must be > 0")
+        return self
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if origin in _UNIONS and type(None) in args:
+            return None
+        raise ValueError(f"{where} may not be None")
+    if origin in _UNIONS:
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(a, value, where)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is tuple:
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; valid keys under "
+                         f"{prefix or 'the root'}: {sorted(names)}")
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            kw[f.name] = _build(hints[f.name], dict(v), f"{prefix}{f.name}.")
+        else:
+            kw[f.name] = _coerce(hints[f.name], v, f"{prefix}{f.name}")
+    return cls(**kw)
+
+
+def from_dict(values: dict) -> Config:
+    return _build(Config, values, "").validate()
+
+
+def from_configdict(cd: Any) -> Config:
+    """From an ml_collections ConfigDict (or any nested mapping)."""
+    as_dict = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
+    return from_dict(as_dict)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

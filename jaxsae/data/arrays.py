@@ -1,0 +1,70 @@
+"""In-memory / memory-mapped activation arrays as a deterministic, epoch-shuffled batch source.
+
+batch(step) is a pure function of (seed, step): row positions [step*B, (step+1)*B) of an endless
+stream whose epoch e is the permutation `default_rng((seed, e))` of the rows. Resume needs no
+iterator state beyond the step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def load_npy(path: str, name: str = "data.path") -> np.ndarray:
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"{name}: no such file {path!r}; pass an existing .npy file of shape [N, d_in]")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{name}: {path!r} is not a readable .npy array ({e})") from e
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{name}: {path!r} must be a 2-D float array [N, width], got shape {arr.shape} dtype {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name}: {path!r} has no rows")
+    return arr
+
+
+class ArraySource:
+    def __init__(self, x_nd: np.ndarray, y_no: np.ndarray | None, seed: int, batch_size: int,
+                 expect_d_in: int | None = None, expect_d_out: int | None = None):
+        if y_no is not None and y_no.shape[0] != x_nd.shape[0]:
+            raise ValueError(f"data: x has {x_nd.shape[0]} rows but y has {y_no.shape[0]}; they must match row for row")
+        for what, arr, want in (("input", x_nd, expect_d_in), ("target", y_no, expect_d_out)):
+            if arr is not None and want is not None and arr.shape[1] != want:
+                raise ValueError(f"data: {what} width is {arr.shape[1]} but the dictionary expects {want}; "
+                                 f"pass data of width {want} or change the dictionary's width")
+        self.x, self.y = x_nd, y_no
+        self.seed, self.batch_size = seed, batch_size
+        self.n = x_nd.shape[0]
+        self.d_in = x_nd.shape[1]
+        self.d_out = self.d_in if y_no is None else y_no.shape[1]
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+        return self._perms[epoch]
+
+    def rows(self, step: int) -> np.ndarray:
+        pos = np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64)
+        epoch, within = pos // self.n, pos % self.n
+        out = np.empty_like(pos)
+        for e in np.unique(epoch):
+            m = epoch == e
+            out[m] = self._perm(int(e))[within[m]]
+        return out
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.rows(step)
+        order = np.argsort(idx)  # sorted reads are kinder to memory maps
+        x = np.empty((len(idx), self.d_in), np.float32)
+        x[order] = self.x[idx[order]]
+        if self.y is None:
+            return x, x
+        y = np.empty((len(idx), self.d_out), np.float32)
+        y[order] = self.y[idx[order]]
+        return x, y

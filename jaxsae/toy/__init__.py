@@ -1,0 +1,1 @@
+"""Toy data with known ground-truth features."""

@@ -1,0 +1,111 @@
+"""Published per-architecture training defaults, and the spec built from an SAEConfig.
+
+Warm-ups are given in steps as published and capped at a fraction of the run, so a short run
+still reaches full LR and full sparsity pressure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxsae.config import SAEConfig, TrainConfig
+from jaxsae.dictionaries.base import Dictionary
+from jaxsae.dictionaries.registry import ARCHITECTURES, build
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    lr_warmup_steps: int
+    lr_decay_fraction: float
+    sparsity_warmup_steps: int
+    normalize: str
+
+
+def _topk_lr(d_sae: int) -> float:
+    # lr = 2e-4 / sqrt(m / 2^14) (dictionary_learning TopKTrainer; sparsify Adam branch)
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+def recipe(architecture: str, d_sae: int) -> Recipe:
+    if architecture == "topk":
+        return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
+    if architecture in ("batchtopk", "matryoshka"):
+        return Recipe(3e-4, 0.9, 0.999, 1e-8, 1000, 0.2, 0, "expected_norm")
+    if architecture == "jumprelu":  # Gemma Scope / Jumping Ahead
+        return Recipe(7e-5, 0.0, 0.999, 1e-8, 1000, 0.0, 10_000, "unit_msn")
+    if architecture == "gated":  # dictionary_learning GDM recipe
+        return Recipe(5e-5, 0.0, 0.999, 1e-8, 1000, 0.0, 2000, "expected_norm")
+    if architecture == "relu":  # April-2024 update
+        return Recipe(5e-5, 0.9, 0.999, 1e-8, 1000, 0.2, -5, "expected_norm")
+    raise ValueError(f"no recipe for architecture {architecture!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The resolved optimiser settings of one run (published defaults with the config's overrides)."""
+
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    lr_warmup_steps: int
+    lr_decay_steps: int
+    sparsity_warmup_steps: int
+    grad_clip: float
+    total_steps: int
+    normalize: str
+
+
+def resolve(architecture: str, activation: str, d_sae: int, t: TrainConfig) -> Schedule:
+    arch = activation if architecture == "transcoder" else architecture
+    r = recipe(arch, d_sae)
+    n = t.steps
+    pick = lambda v, d: d if v is None else v  # noqa: E731
+    # a negative published sparsity warm-up means "this percentage of the run"
+    sw = r.sparsity_warmup_steps if r.sparsity_warmup_steps >= 0 else n * (-r.sparsity_warmup_steps) // 100
+    decay_frac = pick(t.lr_decay_fraction, r.lr_decay_fraction)
+    if not 0.0 <= decay_frac <= 1.0:
+        raise ValueError(f"train.lr_decay_fraction must be in [0, 1], got {decay_frac}")
+    normalize = t.normalize if t.normalize != "auto" else r.normalize
+    return Schedule(
+        lr=pick(t.lr, r.lr), b1=pick(t.adam_b1, r.b1), b2=pick(t.adam_b2, r.b2), eps=pick(t.adam_eps, r.eps),
+        lr_warmup_steps=pick(t.lr_warmup_steps, min(r.lr_warmup_steps, n // 20)),
+        lr_decay_steps=int(decay_frac * n),
+        sparsity_warmup_steps=pick(t.sparsity_warmup_steps, min(sw, n // 5)),
+        grad_clip=t.grad_clip, total_steps=n, normalize=normalize,
+    )
+
+
+_SPEC_FIELDS = ("sparsity_coefficient", "variant", "bandwidth", "threshold_init", "k_aux", "aux_alpha",
+                "multi_topk", "sparse_decoder", "group_fractions", "threshold_start_step",
+                "apply_b_dec_to_input")
+
+
+def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None) -> Dictionary:
+    """Build the dictionary spec: fields that are None or foreign to the architecture keep their
+    defaults; fields the user set for the wrong architecture are rejected by `build`."""
+    arch = s.activation if s.architecture == "transcoder" else s.architecture
+    cls = ARCHITECTURES[arch]
+    valid = {f.name for f in dataclasses.fields(cls)}
+    kw: dict = {"d_in": d_in, "d_sae": s.d_sae}
+    if d_out is not None and d_out != d_in:
+        kw["d_out"] = d_out
+    if s.architecture == "transcoder":
+        kw["activation"] = s.activation
+        kw["skip"] = s.skip
+        if d_out is not None:
+            kw["d_out"] = d_out
+    if "k" in valid and s.k is not None:
+        kw["k"] = int(s.k) if float(s.k).is_integer() else s.k
+    for name in _SPEC_FIELDS:
+        v = getattr(s, name)
+        if v is not None and name in valid:
+            kw[name] = v
+    if s.architecture == "transcoder":
+        kw.pop("apply_b_dec_to_input", None)
+    return build(s.architecture, **kw)
