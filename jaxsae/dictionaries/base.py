@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import axes
+from jaxsae.dictionaries import latent_ops
 
 Params = dict[str, jax.Array]
 EPS = 1e-8
@@ -166,8 +167,7 @@ class Dictionary:
     def decode_sparse(self, params: Params, vals_bk: jax.Array, idx_bk: jax.Array, bias: bool = True) -> jax.Array:
         """Decode k (value, index) pairs per row: gathers k decoder rows instead of a dense matmul;
         its gradient is a scatter-add into the touched rows only."""
-        rows_bko = jnp.take(params["W_dec"], idx_bk, axis=0)
-        out_bo = jnp.einsum("bk,bko->bo", vals_bk, rows_bko)
+        out_bo = latent_ops.decode_rows(vals_bk, idx_bk, params["W_dec"])
         return out_bo + params["b_dec"] if bias else out_bo
 
     def skip_out(self, params: Params, x_bd: jax.Array) -> jax.Array | float:
@@ -243,7 +243,7 @@ def base_metrics(y_bo: jax.Array, yhat_bo: jax.Array, l0: jax.Array) -> dict[str
 
 def topk_relu(pre_bf: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """(values, indices) of the k largest pre-activations per row, values through ReLU."""
-    vals_bk, idx_bk = jax.lax.top_k(pre_bf, k)
+    vals_bk, idx_bk = latent_ops.top_k(pre_bf, k)
     return jax.nn.relu(vals_bk), idx_bk
 
 
@@ -262,19 +262,23 @@ def aux_k_loss(spec: Dictionary, params: Params, pre_bf: jax.Array, resid_bo: ja
                dead_f: jax.Array, k_aux: int) -> jax.Array:
     """AuxK (Gao et al. 2024): reconstruct the (stop-gradient) residual from the top-k_aux dead
     latents' pre-activations, decoder without bias, normalised by the residual's variance; scaled
-    by min(n_dead / k_aux, 1) and 0 when nothing is dead (sparsify/SAELens convention)."""
+    by min(n_dead / k_aux, 1) and 0 when nothing is dead (sparsify/SAELens convention).
+    Computed under `lax.cond`, so a step with no dead latent does none of its work."""
     k_aux = min(k_aux, spec.d_sae)
     resid_bo = jax.lax.stop_gradient(resid_bo)
-    masked_bf = jnp.where(dead_f[None, :], pre_bf, -jnp.inf)
-    vals_bk, idx_bk = jax.lax.top_k(masked_bf, k_aux)
-    vals_bk = jnp.where(jnp.isfinite(vals_bk), jax.nn.relu(vals_bk), 0.0)
-    ehat_bo = spec.decode_sparse(params, vals_bk, idx_bk, bias=False)
-    num = jnp.sum(jnp.square(resid_bo - ehat_bo))
-    den = jnp.sum(jnp.square(resid_bo - jnp.mean(resid_bo, axis=0)))
     n_dead = jnp.sum(dead_f)
-    scale = jnp.minimum(n_dead / k_aux, 1.0)
-    loss = scale * num / jnp.maximum(den, EPS)
-    return jnp.where(n_dead > 0, jnp.nan_to_num(loss), 0.0)
+
+    def aux(pre_bf, params):
+        masked_bf = jnp.where(dead_f[None, :], pre_bf, -jnp.inf)
+        vals_bk, idx_bk = latent_ops.top_k(masked_bf, k_aux)
+        vals_bk = jnp.where(jnp.isfinite(vals_bk), jax.nn.relu(vals_bk), 0.0)
+        ehat_bo = spec.decode_sparse(params, vals_bk, idx_bk, bias=False)
+        num = jnp.sum(jnp.square(resid_bo - ehat_bo))
+        den = jnp.sum(jnp.square(resid_bo - jnp.mean(resid_bo, axis=0)))
+        scale = jnp.minimum(n_dead / k_aux, 1.0)
+        return jnp.nan_to_num(scale * num / jnp.maximum(den, EPS)).astype(jnp.float32)
+
+    return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), pre_bf, params)
 
 
 def batch_kth_largest(a_bf: jax.Array, n_keep: int) -> jax.Array:

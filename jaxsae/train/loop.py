@@ -186,7 +186,9 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
 
     for step in range(start, sched.total_steps):
         x, y = source.batch(step)
-        state, m = step_fn(state, jax.device_put(np.asarray(x, np.float32), x_sh), jax.device_put(np.asarray(y, np.float32), y_sh))
+        with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
+            state, m = step_fn(state, jax.device_put(np.asarray(x, np.float32), x_sh),
+                               jax.device_put(np.asarray(y, np.float32), y_sh))
         pending.append((step, m))
         done = step + 1
         if done % cfg.train.log_every == 0 or done == sched.total_steps:

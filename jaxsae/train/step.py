@@ -34,7 +34,7 @@ def make_train_step(spec: Dictionary, tx: optax.GradientTransformation, sched: S
         metrics = {
             **out.metrics,
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": optim.lr_schedule(sched)(state.step),
             "dead_fraction": jnp.mean((dict_state["tokens_since_fired"] >= dead_tokens).astype(jnp.float32)),
         }

@@ -1,0 +1,16 @@
+"""Small shared builders for the training tests."""
+
+from jaxsae import config as C
+
+
+def toy_config(arch="topk", steps=20, batch=256, d_sae=128, **over):
+    sae = {"architecture": arch, "d_sae": d_sae}
+    if arch in ("topk", "batchtopk", "matryoshka", "transcoder"):
+        sae["k"] = 4
+    sae.update(over.pop("sae", {}))
+    train = {"steps": steps, "batch_size": batch, "log_every": 5, "checkpoint_every": 10,
+             "norm_batches": 2, "b_dec_samples": 512, "dead_tokens": 2000}
+    train.update(over.pop("train", {}))
+    data = {"source": "toy", "d_in": 16, "n_features": 64, "firing_prob": 0.05}
+    data.update(over.pop("data", {}))
+    return C.from_dict({"sae": sae, "train": train, "data": data, **over})
