@@ -4,7 +4,7 @@
 `load(path)` reads SAELens directories (standard, topk, batchtopk, jumprelu, gated and the
 transcoder variants) into a jaxsae `SAE` with `encode(x)` / `decode(f)`.
 
-Conventions: weights are written for raw activations (input scaling already folded in, so
+Conventions: `W_skip` is [d_out, d_in] on disk (SAELens), [d_in, d_out] in jaxsae; weights are written for raw activations (input scaling already folded in, so
 `normalize_activations="none"`); JumpReLU stores `threshold` (not log); BatchTopK/Matryoshka are
 saved as JumpReLU with their global threshold, as SAELens does.
 """
@@ -49,6 +49,8 @@ def to_saelens(sae: SAE, metadata: dict[str, Any] | None = None) -> tuple[dict, 
     spec, p = sae.spec, sae.params
     arch = _architecture(spec)
     t = {k: np.asarray(v, np.float32) for k, v in p.items() if k != "log_threshold"}
+    if "W_skip" in t:  # SAELens stores the skip map as [d_out, d_in] and applies x @ W_skip.T
+        t["W_skip"] = np.ascontiguousarray(t["W_skip"].T)
     if "log_threshold" in p:
         t["threshold"] = np.exp(np.asarray(p["log_threshold"], np.float64)).astype(np.float32)
     cfg: dict[str, Any] = {
@@ -118,15 +120,13 @@ def load(path: str) -> SAE:
                   apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", not is_tc)) and not is_tc)
     if skip:
         _need(tensors, ("W_skip",), path, arch)
+        tensors["W_skip"] = tensors["W_skip"].T  # SAELens: [d_out, d_in]
     spec: Dictionary
     if arch in ("standard", "transcoder", "skip_transcoder"):
         _need(tensors, ("b_enc",), path, arch)
         spec = ReLU(**common, unit_norm_decoder=False)
     elif arch in ("topk", "topk_transcoder", "topk_skip_transcoder"):
         _need(tensors, ("b_enc",), path, arch)
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise ValueError(f"{path}: rescale_acts_by_decoder_norm=True TopK SAEs are not supported; "
-                             "fold the decoder norms into the encoder first")
         spec = TopK(**common, k=int(cfg["k"]))
     elif arch == "gated":
         _need(tensors, ("b_gate", "r_mag", "b_mag"), path, arch)
@@ -142,6 +142,13 @@ def load(path: str) -> SAE:
         spec = JumpReLU(**common)
         with np.errstate(divide="ignore"):  # threshold 0 -> log 0 = -inf -> exp = 0: plain ReLU
             tensors["log_threshold"] = np.log(np.maximum(np.broadcast_to(thr, (d_sae,)), 0.0)).astype(np.float32)
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        # SAELens ranks/thresholds pre * ||d_i|| and decodes (f / ||d_i||) W_dec: exactly the
+        # dictionary with decoder norms folded into the encoder, which is what we store.
+        n_f = np.maximum(np.linalg.norm(tensors["W_dec"], axis=-1), 1e-8)
+        tensors["W_dec"] = tensors["W_dec"] / n_f[:, None]
+        tensors["W_enc"] = tensors["W_enc"] * n_f[None, :]
+        tensors["b_enc"] = tensors["b_enc"] * n_f
     names = set(spec.param_shapes())
     params = {k: jnp.asarray(v) for k, v in tensors.items() if k in names}
     _need(params, tuple(sorted(names)), path, arch)
