@@ -1,15 +1,18 @@
 # The two set-up commands of the README. Both work on a fresh clone: they create .venv, install
-# jaxsae with its test extra, then run the job.
+# jaxsae with its test extra (CPU torch first, pinned by constraints.txt so nothing pulls a CUDA
+# build), then run the job.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-fast venv bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -18,9 +21,13 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m experiments.train_sae --config=configs/toy.py --workdir=runs/demo
 
-# The whole test suite (8 fake CPU devices are set up by tests/conftest.py).
+# The whole test suite, slow tests included (8 fake CPU devices: tests/conftest.py).
 test: venv
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
+
+# Everything but the tests marked slow.
+test-fast: venv
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS) tests
 
 bench: venv
 	$(BIN)/python -m benchmarks.train_step

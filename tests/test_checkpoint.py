@@ -37,6 +37,7 @@ def _final_params(workdir):
     return load_file(os.path.join(workdir, "export", "sae_weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     subprocess.run(_cmd(full), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=600)
