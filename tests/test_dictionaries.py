@@ -237,3 +237,25 @@ def test_unknown_architecture_and_fields_are_named():
         D.build("relu", d_in=4, d_sae=8, k=3)
     with pytest.raises(ValueError, match="k must be"):
         D.build("topk", d_in=4, d_sae=8, k=9)
+
+
+@pytest.mark.parametrize("k", [4, 40])  # 4 * 128 <= 1024: scatter backward; 40: dense backward
+def test_encode_topk_custom_vjp_equals_autodiff(k):
+    from jaxsae.dictionaries import latent_ops
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((32, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((16, 1024)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(1024), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((32, k)), jnp.float32)
+
+    def via(fn):
+        return jax.grad(lambda x, w, b: jnp.sum(g * jax.nn.relu(fn(x, w, b)[0])), argnums=(0, 1, 2))(x, w, b)
+
+    got = via(lambda x, w, b: latent_ops.encode_topk(x, w, b, k))
+    want = via(lambda x, w, b: jax.lax.top_k(x @ w + b, k))
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    v, i = latent_ops.encode_topk(x, w, b, k)
+    v0, i0 = jax.lax.top_k(x @ w + b, k)
+    np.testing.assert_array_equal(i, i0)

@@ -145,16 +145,17 @@ class Dictionary:
         return params
 
     # ----------------------------------------------------------------- forward pieces
-    def pre_acts(self, params: Params, x_bd: jax.Array) -> jax.Array:
-        """x W_enc + b_enc, or (x - b_dec) W_enc + b_enc.
-
-        The pre-encoder bias is folded into the encoder bias (b_enc - b_dec W_enc) so that its
-        gradient is a vector-matrix product instead of a second [B, D] x [D, F] matmul.
-        """
+    def enc_bias(self, params: Params) -> jax.Array:
+        """The effective encoder bias. A pre-encoder b_dec is folded in (b_enc - b_dec W_enc) so its
+        gradient is a vector-matrix product instead of a second [B, D] x [D, F] matmul."""
         bias_f = params["b_enc"]
         if self.apply_b_dec_to_input:
             bias_f = bias_f - params["b_dec"] @ params["W_enc"]
-        return x_bd @ params["W_enc"] + bias_f
+        return bias_f
+
+    def pre_acts(self, params: Params, x_bd: jax.Array) -> jax.Array:
+        """x W_enc + b_enc, or (x - b_dec) W_enc + b_enc."""
+        return x_bd @ params["W_enc"] + self.enc_bias(params)
 
     def encode(self, params: Params, x_bd: jax.Array) -> jax.Array:
         """Latent activations f [.., F] for inputs [.., D] (inference semantics)."""
@@ -247,6 +248,12 @@ def topk_relu(pre_bf: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jax.nn.relu(vals_bk), idx_bk
 
 
+def encode_topk_relu(spec: Dictionary, params: Params, x_bd: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """topk_relu(pre_acts(x), k) with the sparse backward of `latent_ops.encode_topk`."""
+    vals_bk, idx_bk = latent_ops.encode_topk(x_bd, params["W_enc"], spec.enc_bias(params), k)
+    return jax.nn.relu(vals_bk), idx_bk
+
+
 def scatter_rows(vals_bk: jax.Array, idx_bk: jax.Array, width: int) -> jax.Array:
     """Dense [B, F] from per-row (value, index) pairs."""
     b = vals_bk.shape[0]
@@ -258,19 +265,21 @@ def fired_from_sparse(vals_bk: jax.Array, idx_bk: jax.Array, width: int) -> jax.
     return jnp.zeros((width,), bool).at[idx_bk.reshape(-1)].max((vals_bk > 0).reshape(-1))
 
 
-def aux_k_loss(spec: Dictionary, params: Params, pre_bf: jax.Array, resid_bo: jax.Array,
+def aux_k_loss(spec: Dictionary, params: Params, x_bd: jax.Array, resid_bo: jax.Array,
                dead_f: jax.Array, k_aux: int) -> jax.Array:
     """AuxK (Gao et al. 2024): reconstruct the (stop-gradient) residual from the top-k_aux dead
     latents' pre-activations, decoder without bias, normalised by the residual's variance; scaled
     by min(n_dead / k_aux, 1) and 0 when nothing is dead (sparsify/SAELens convention).
-    Computed under `lax.cond`, so a step with no dead latent does none of its work."""
+    Computed under `lax.cond`, so a step with no dead latent does none of its work; the
+    pre-activations are recomputed there rather than kept from the main path, whose sparse
+    TopK backward never materialises them."""
     k_aux = min(k_aux, spec.d_sae)
     resid_bo = jax.lax.stop_gradient(resid_bo)
     n_dead = jnp.sum(dead_f)
 
-    def aux(pre_bf, params):
-        masked_bf = jnp.where(dead_f[None, :], pre_bf, -jnp.inf)
-        vals_bk, idx_bk = latent_ops.top_k(masked_bf, k_aux)
+    def aux(x_bd, params):
+        bias_f = jnp.where(dead_f, spec.enc_bias(params), -jnp.inf)
+        vals_bk, idx_bk = latent_ops.encode_topk(x_bd, params["W_enc"], bias_f, k_aux)
         vals_bk = jnp.where(jnp.isfinite(vals_bk), jax.nn.relu(vals_bk), 0.0)
         ehat_bo = spec.decode_sparse(params, vals_bk, idx_bk, bias=False)
         num = jnp.sum(jnp.square(resid_bo - ehat_bo))
@@ -278,7 +287,7 @@ def aux_k_loss(spec: Dictionary, params: Params, pre_bf: jax.Array, resid_bo: ja
         scale = jnp.minimum(n_dead / k_aux, 1.0)
         return jnp.nan_to_num(scale * num / jnp.maximum(den, EPS)).astype(jnp.float32)
 
-    return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), pre_bf, params)
+    return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), x_bd, params)
 
 
 def batch_kth_largest(a_bf: jax.Array, n_keep: int) -> jax.Array:

@@ -48,7 +48,7 @@ class BatchTopK(Dictionary):
         flat = a_bf.reshape(-1, self.d_sae)
         thr = batch_kth_largest(flat, n_batch_keep(flat.shape[0], self.k))
         keep = (a_bf >= thr) & (a_bf > 0)
-        return jnp.where(keep, a_bf, 0.0), thr, a_bf
+        return jnp.where(keep, a_bf, 0.0), thr
 
     def encode(self, params, x_bd):
         return self.batch_encode(params, x_bd)[0]
@@ -58,19 +58,17 @@ class BatchTopK(Dictionary):
         return [self.decode(params, f_bf) + self.skip_out(params, x_bd)]
 
     def loss(self, params, x_bd, y_bo, ctx: LossContext) -> LossOutput:
-        f_bf, thr, a_bf = self.batch_encode(params, x_bd)
+        f_bf, thr = self.batch_encode(params, x_bd)
         yhats = self.reconstruct_groups(params, x_bd, f_bf)
         recs = [sse_mean(y_bo - yh) for yh in yhats]
         rec = sum(recs) / len(recs)
         yhat_bo = yhats[-1]
-        pre_bf = self.pre_acts(params, x_bd)
-        aux = aux_k_loss(self, params, pre_bf, y_bo - yhat_bo, ctx.dead_f, self.aux_k)
+        aux = aux_k_loss(self, params, x_bd, y_bo - yhat_bo, ctx.dead_f, self.aux_k)
         l0 = jnp.mean(jnp.sum(f_bf > 0, axis=-1).astype(jnp.float32))
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_aux": aux, "batch_threshold": thr}
         if len(recs) > 1:
             metrics.update({f"loss_rec_prefix{i}": r for i, r in enumerate(recs)})
         fired = jnp.any(f_bf > 0, axis=0)
-        del a_bf
         return LossOutput(rec + self.aux_alpha * aux, fired, metrics, thr)
 
     def init_state(self):

@@ -14,8 +14,8 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from jaxsae.dictionaries.base import (
-    Dictionary, LossContext, LossOutput, aux_k_loss, base_metrics, fired_from_sparse, scatter_rows,
-    sse_mean, topk_relu,
+    Dictionary, LossContext, LossOutput, aux_k_loss, base_metrics, encode_topk_relu, fired_from_sparse,
+    scatter_rows, sse_mean, topk_relu,
 )
 
 
@@ -46,8 +46,8 @@ class TopK(Dictionary):
         f = scatter_rows(vals.reshape(-1, self.k), idx.reshape(-1, self.k), self.d_sae)
         return f.reshape(*lead, self.d_sae)
 
-    def _recon(self, params, x_bd, pre_bf, k):
-        vals_bk, idx_bk = topk_relu(pre_bf, k)
+    def _recon(self, params, x_bd, k):
+        vals_bk, idx_bk = encode_topk_relu(self, params, x_bd, k)
         if self.sparse_decoder:
             yhat = self.decode_sparse(params, vals_bk, idx_bk)
         else:
@@ -55,16 +55,15 @@ class TopK(Dictionary):
         return yhat + self.skip_out(params, x_bd), vals_bk, idx_bk
 
     def loss(self, params, x_bd, y_bo, ctx: LossContext) -> LossOutput:
-        pre_bf = self.pre_acts(params, x_bd)
-        yhat_bo, vals_bk, idx_bk = self._recon(params, x_bd, pre_bf, self.k)
+        yhat_bo, vals_bk, idx_bk = self._recon(params, x_bd, self.k)
         rec = sse_mean(y_bo - yhat_bo)
-        aux = aux_k_loss(self, params, pre_bf, y_bo - yhat_bo, ctx.dead_f, self.aux_k)
+        aux = aux_k_loss(self, params, x_bd, y_bo - yhat_bo, ctx.dead_f, self.aux_k)
         loss = rec + self.aux_alpha * aux
         l0 = jnp.mean(jnp.sum(vals_bk > 0, axis=-1).astype(jnp.float32))
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_aux": aux}
         if self.multi_topk:
             k4 = min(4 * self.k, self.d_sae)
-            yhat4_bo, _, _ = self._recon(params, x_bd, pre_bf, k4)
+            yhat4_bo, _, _ = self._recon(params, x_bd, k4)
             rec4 = sse_mean(y_bo - yhat4_bo)
             loss = loss + rec4 / 8
             metrics["loss_rec_4k"] = rec4
