@@ -114,8 +114,9 @@ class Config:
             raise ValueError(f"data.source={d.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
         if d.source == "npy" and not d.path:
             raise ValueError("data.source=npy needs --config.data.path=FILE.npy (an [N, d_in] float array)")
-        if t.checkpoint_every <= 0 or t.log_every <= 0:
-            raise ValueError("train.checkpoint_every and train.log_every must be > 0")
+        for name in ("checkpoint_every", "log_every", "norm_batches", "b_dec_samples", "keep_checkpoints"):
+            if getattr(t, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0, got {getattr(t, name)}")
         return self
 
 

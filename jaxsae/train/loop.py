@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -73,19 +74,14 @@ def _manifest(cfg: Config, spec: Dictionary, source) -> dict:
 
 def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
     """Normalisation scales and the b_dec init, estimated from the first batches (deterministic)."""
-    n = max(1, cfg.train.norm_batches)
-    need_rows = max(cfg.train.b_dec_samples, 1)
-    xs, ys, rows, i = [], [], 0, 0
-    while i < n or rows < need_rows:
-        x, y = source.batch(i)
-        xs.append(np.asarray(x, np.float32)), ys.append(np.asarray(y, np.float32))
-        rows += len(xs[-1])
-        i += 1
-        if i >= max(n, 64):
-            break
-    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
-    c_in = data_init.norm_scale(x_all[: n * cfg.train.batch_size], sched.normalize)
-    c_out = c_in if not spec.is_transcoder else data_init.norm_scale(y_all[: n * cfg.train.batch_size], sched.normalize)
+    n_norm = max(1, cfg.train.norm_batches)
+    n_batches = max(n_norm, -(-cfg.train.b_dec_samples // cfg.train.batch_size))
+    xs, ys = zip(*(source.batch(i) for i in range(n_batches)))
+    x_all, y_all = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32)
+    n_rows = n_norm * cfg.train.batch_size
+    c_in = data_init.norm_scale(x_all[:n_rows], sched.normalize)
+    c_out = data_init.norm_scale(y_all[:n_rows], sched.normalize) if spec.is_transcoder else c_in
+    need_rows = cfg.train.b_dec_samples
     init = cfg.train.b_dec_init
     y_s = y_all[:need_rows] * c_out
     if init == "geometric_median":
@@ -101,7 +97,8 @@ def setup(cfg: Config, mesh=None) -> Run:
     cfg = cfg.validate()
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
     source = make_source(cfg.data, cfg.seed, cfg.train.batch_size)
-    d_out = cfg.sae.d_out if cfg.sae.d_out is not None else (source.d_out if source.d_out != source.d_in or cfg.sae.architecture == "transcoder" else None)
+    is_tc = source.d_out != source.d_in or cfg.sae.architecture == "transcoder"
+    d_out = source.d_out if is_tc else None
     if cfg.sae.d_out is not None and cfg.sae.d_out != source.d_out:
         raise ValueError(f"sae.d_out={cfg.sae.d_out} but the data's target width is {source.d_out}")
     spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out)
@@ -113,9 +110,10 @@ def setup(cfg: Config, mesh=None) -> Run:
     return Run(cfg, spec, sched, mesh, source)
 
 
-def init_state(run: Run) -> tuple[state_lib.TrainState, Any]:
-    """Abstract-first, sharded init: shapes from eval_shape, then init jitted straight into the
-    target shardings (nothing is built on one device and resharded)."""
+def init_state(run: Run):
+    """(optimizer, abstract state, state shardings, init_fn) for abstract-first sharded init:
+    shapes from eval_shape, then `jit(init_fn, out_shardings=...)` builds every array straight
+    into its sharding (nothing is built on one device and resharded)."""
     spec, sched = run.spec, run.schedule
     tx = optim.make_optimizer(sched, spec.unit_norm_decoder)
 
@@ -156,7 +154,7 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
 
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     bar = tqdm(total=sched.total_steps, initial=start, disable=not progress, desc=f"train {spec.name}",
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0)
     pending: list[tuple[int, dict]] = []
     t_last, step_last = time.perf_counter(), start
 
