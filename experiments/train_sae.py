@@ -23,7 +23,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("jaxsae").setLevel(logging.INFO)
+    for noisy in ("jax", "absl", "orbax"):  # backend probing and per-save checkpoint chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = config_lib.from_configdict(_CONFIG.value)
         run = loop.train(cfg, _WORKDIR.value)
