@@ -10,9 +10,9 @@ from configs.base import get_base
 def get_config():
     c = get_base()
     c.data.source = "toy"
-    c.data.d_in = 64
-    c.data.n_features = 512
-    c.data.firing_prob = 0.01
+    c.data.toy.d_in = 64
+    c.data.toy.n_features = 512
+    c.data.toy.firing_prob = 0.01
     c.sae.architecture = "topk"
     c.sae.d_sae = 1024
     c.sae.k = 8.0

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any
 
+from jaxsae.toy.synthetic import ToySpec
+
 _UNIONS = (typing.Union, types.UnionType)
 
 NORMALIZE = ("none", "expected_norm", "unit_msn", "auto")
@@ -68,16 +70,7 @@ class DataConfig:
     source: str = "toy"
     path: str | None = None  # npy: [N, d_in] array (or [N, d_in + d_out] with y_columns)
     y_path: str | None = None  # npy: optional [N, d_out] target array (transcoders)
-    # toy generator (jaxsae.toy.synthetic)
-    d_in: int = 64
-    d_out: int | None = None
-    n_features: int = 512
-    firing_prob: float = 0.01
-    magnitude_mean: float = 1.0
-    magnitude_std: float = 0.25
-    correlated_pairs: int = 0
-    hierarchy_children: int = 0
-    noise_std: float = 0.0
+    toy: ToySpec = ToySpec()  # the synthetic generator (source=toy): --config.data.toy.d_in=...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ def toy_config(arch="topk", steps=20, batch=256, d_sae=128, **over):
     train = {"steps": steps, "batch_size": batch, "log_every": 5, "checkpoint_every": 10,
              "norm_batches": 2, "b_dec_samples": 512, "dead_tokens": 2000}
     train.update(over.pop("train", {}))
-    data = {"source": "toy", "d_in": 16, "n_features": 64, "firing_prob": 0.05}
-    data.update(over.pop("data", {}))
+    toy = {"d_in": 16, "n_features": 64, "firing_prob": 0.05}
+    toy.update(over.pop("toy", {}))
+    data = {"source": "toy", "toy": toy}
     return C.from_dict({"sae": sae, "train": train, "data": data, **over})

@@ -37,6 +37,17 @@ def topk_idx(a, k):
     return order[:, :k]
 
 
+def aux_k(p, a, e, dead, k_aux):
+    """AuxK: residual e from the top min(k_aux, n_dead) dead pre-activations, no bias."""
+    n_dead = int(dead.sum())
+    if not n_dead:
+        return 0.0
+    aidx = topk_idx(np.where(dead[None], a, -np.inf), min(k_aux, n_dead))
+    fa = np.zeros_like(a)
+    np.put_along_axis(fa, aidx, relu(np.take_along_axis(a, aidx, -1)), -1)
+    return np.sum((e - fa @ p["W_dec"]) ** 2) / np.sum((e - e.mean(0)) ** 2) * min(n_dead / k_aux, 1.0)
+
+
 def topk_sae(p, x, y, k, dead, k_aux, alpha, b_dec_in, multi=False):
     a = pre(p, x, b_dec_in)
     idx = topk_idx(a, k)
@@ -44,17 +55,7 @@ def topk_sae(p, x, y, k, dead, k_aux, alpha, b_dec_in, multi=False):
     np.put_along_axis(f, idx, relu(np.take_along_axis(a, idx, -1)), -1)
     yhat = decode(p, f) + (x @ p["W_skip"] if "W_skip" in p else 0)
     loss = sse_mean(y - yhat)
-    e = y - yhat
-    n_dead = int(dead.sum())
-    if n_dead:
-        ka = min(k_aux, n_dead)
-        masked = np.where(dead[None], a, -np.inf)
-        aidx = topk_idx(masked, ka)
-        fa = np.zeros_like(a)
-        np.put_along_axis(fa, aidx, relu(np.take_along_axis(a, aidx, -1)), -1)
-        ehat = fa @ p["W_dec"]
-        aux = np.sum((e - ehat) ** 2) / np.sum((e - e.mean(0)) ** 2) * min(n_dead / k_aux, 1.0)
-        loss += alpha * aux
+    loss += alpha * aux_k(p, a, y - yhat, dead, k_aux)
     if multi:
         idx4 = topk_idx(a, 4 * k)
         f4 = np.zeros_like(a)
@@ -82,17 +83,7 @@ def batchtopk_sae(p, x, y, k, dead, k_aux, alpha, b_dec_in, groups=None):
             yhats.append(f[:, :m] @ p["W_dec"][:m] + p["b_dec"])
     rec = np.mean([sse_mean(y - yh) for yh in yhats])
     a = pre(p, x, b_dec_in)
-    e = y - yhats[-1]
-    n_dead = int(dead.sum())
-    aux = 0.0
-    if n_dead:
-        ka = min(k_aux, n_dead)
-        masked = np.where(dead[None], a, -np.inf)
-        aidx = topk_idx(masked, ka)
-        fa = np.zeros_like(a)
-        np.put_along_axis(fa, aidx, relu(np.take_along_axis(a, aidx, -1)), -1)
-        aux = np.sum((e - fa @ p["W_dec"]) ** 2) / np.sum((e - e.mean(0)) ** 2) * min(n_dead / k_aux, 1.0)
-    return f, yhats[-1], rec + alpha * aux, thr
+    return f, yhats[-1], rec + alpha * aux_k(p, a, y - yhats[-1], dead, k_aux), thr
 
 
 def jumprelu_sae(p, x, y, lam, b_dec_in):

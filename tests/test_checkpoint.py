@@ -22,7 +22,7 @@ STEPS = 400
 def _cmd(workdir):
     return [sys.executable, "-m", "experiments.train_sae", "--config=configs/toy.py", f"--workdir={workdir}",
             f"--config.train.steps={STEPS}", "--config.train.batch_size=256", "--config.train.checkpoint_every=20",
-            "--config.sae.d_sae=256", "--config.data.d_in=32", "--config.data.n_features=128",
+            "--config.sae.d_sae=256", "--config.data.toy.d_in=32", "--config.data.toy.n_features=128",
             "--config.train.dead_tokens=5000", "--config.sae.architecture=batchtopk",
             "--config.sae.threshold_start_step=10"]
 

@@ -42,7 +42,7 @@ def test_train_from_npy_writes_saelens_export(tmp_path):
 
 @pytest.mark.parametrize("arch,extra", [("relu", []), ("batchtopk", ["--config.sae.k=3"]),
                                         ("gated", []), ("matryoshka", ["--config.sae.k=3"]),
-                                        ("transcoder", ["--config.data.d_out=20", "--config.sae.skip=true"])])
+                                        ("transcoder", ["--config.data.toy.d_out=20", "--config.sae.skip=true"])])
 def test_architecture_flag(arch, extra, tmp_path):
     out = _run(f"--workdir={tmp_path}", f"--config.sae.architecture={arch}", "--config.sae.d_sae=128",
                "--config.train.steps=10", "--config.train.batch_size=64", *extra)

@@ -31,7 +31,7 @@ def test_topk_recovers_the_true_features(tmp_path):
         "sae": {"architecture": "topk", "d_sae": 1024, "k": 8},
         "train": {"steps": 800, "batch_size": 1024, "lr": 3e-3, "dead_tokens": 200_000, "log_every": 100,
                   "checkpoint_every": 800, "b_dec_samples": 4096, "norm_batches": 4},
-        "data": {"source": "toy", "d_in": 64, "n_features": 512, "firing_prob": 0.01},
+        "data": {"source": "toy", "toy": {"d_in": 64, "n_features": 512, "firing_prob": 0.01}},
     })
     t0 = time.time()
     loop.train(cfg, str(tmp_path), mesh=sharding.make_mesh(1, 1, jax.devices()[:1]), progress=False)

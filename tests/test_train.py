@@ -88,7 +88,7 @@ def test_every_architecture_trains(arch, tmp_path):
     if arch == "matryoshka":
         over["sae"] = {"group_fractions": (0.25, 0.25, 0.5)}
     if arch == "transcoder":
-        over["data"] = {"d_out": 12}
+        over["toy"] = {"d_out": 12}
     cfg = toy_config(arch, **over)
     run = loop.train(cfg, str(tmp_path), progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

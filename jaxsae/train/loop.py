@@ -39,13 +39,9 @@ class TrainingError(RuntimeError):
 
 def make_source(d: DataConfig, seed: int, batch_size: int):
     if d.source == "toy":
-        from jaxsae.toy.synthetic import ToySource, ToySpec
+        from jaxsae.toy.synthetic import ToySource
 
-        spec = ToySpec(d_in=d.d_in, n_features=d.n_features, d_out=d.d_out, firing_prob=d.firing_prob,
-                       magnitude_mean=d.magnitude_mean, magnitude_std=d.magnitude_std,
-                       correlated_pairs=d.correlated_pairs, hierarchy_children=d.hierarchy_children,
-                       noise_std=d.noise_std)
-        return ToySource(spec, seed, batch_size)
+        return ToySource(d.toy, seed, batch_size)
     if d.source == "npy":
         x = load_npy(d.path, "data.path")
         y = load_npy(d.y_path, "data.y_path") if d.y_path else None
