@@ -25,7 +25,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsae import axes
+from jaxsae import axes, ops
 from jaxsae.dictionaries import latent_ops
 
 Params = dict[str, jax.Array]
@@ -155,7 +155,7 @@ class Dictionary:
 
     def pre_acts(self, params: Params, x_bd: jax.Array) -> jax.Array:
         """x W_enc + b_enc, or (x - b_dec) W_enc + b_enc."""
-        return x_bd @ params["W_enc"] + self.enc_bias(params)
+        return ops.add_bias(x_bd @ params["W_enc"], self.enc_bias(params))
 
     def encode(self, params: Params, x_bd: jax.Array) -> jax.Array:
         """Latent activations f [.., F] for inputs [.., D] (inference semantics)."""
@@ -163,7 +163,7 @@ class Dictionary:
 
     def decode(self, params: Params, f_bf: jax.Array) -> jax.Array:
         """f W_dec + b_dec (without the skip path, as SAELens does)."""
-        return f_bf @ params["W_dec"] + params["b_dec"]
+        return ops.add_bias(f_bf @ params["W_dec"], params["b_dec"])
 
     def decode_sparse(self, params: Params, vals_bk: jax.Array, idx_bk: jax.Array, bias: bool = True) -> jax.Array:
         """Decode k (value, index) pairs per row: gathers k decoder rows instead of a dense matmul;

@@ -15,6 +15,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from jaxsae import ops
 from jaxsae.dictionaries.base import (
     Dictionary, LossContext, LossOutput, aux_k_loss, base_metrics, batch_kth_largest, n_batch_keep,
     sse_mean,
@@ -68,7 +69,7 @@ class BatchTopK(Dictionary):
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_aux": aux, "batch_threshold": thr}
         if len(recs) > 1:
             metrics.update({f"loss_rec_prefix{i}": r for i, r in enumerate(recs)})
-        fired = jnp.any(f_bf > 0, axis=0)
+        fired = ops.batch_any(f_bf > 0)
         return LossOutput(rec + self.aux_alpha * aux, fired, metrics, thr)
 
     def init_state(self):

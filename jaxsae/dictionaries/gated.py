@@ -15,7 +15,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxsae import axes
+from jaxsae import axes, ops
 from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
 
 
@@ -46,7 +46,8 @@ class Gated(Dictionary):
     def _gate_mag(self, params, x_bd):
         xc = x_bd - params["b_dec"] if self.apply_b_dec_to_input else x_bd
         proj_bf = xc @ params["W_enc"]
-        return proj_bf + params["b_gate"], proj_bf * jnp.exp(params["r_mag"]) + params["b_mag"]
+        gate = ops.add_bias(proj_bf, params["b_gate"])
+        return gate, ops.add_bias(ops.scale_cols(proj_bf, jnp.exp(params["r_mag"])), params["b_mag"])
 
     def pre_acts(self, params, x_bd):
         return self._gate_mag(params, x_bd)[1]
@@ -68,7 +69,7 @@ class Gated(Dictionary):
         loss = rec + self.sparsity_coefficient * ctx.sparsity_scale * l1 + aux
         l0 = jnp.mean(jnp.sum(gate_bf > 0, axis=-1).astype(jnp.float32))
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_l1": l1, "loss_aux": aux}
-        return LossOutput(loss, jnp.any(f_bf > 0, axis=0), metrics, jnp.float32(jnp.nan))
+        return LossOutput(loss, ops.batch_any(f_bf > 0), metrics, jnp.float32(jnp.nan))
 
     def fold_decoder_norms(self, params):
         n_f = jnp.linalg.norm(params["W_dec"], axis=-1) + 1e-8

@@ -20,7 +20,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxsae import axes
+from jaxsae import axes, ops
 from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
 
 
@@ -29,7 +29,7 @@ def _rect(z, theta, eps):
 
 
 def _sum_to_theta(g, theta):
-    return g.reshape(-1, theta.shape[-1]).sum(0)
+    return ops.batch_sum(g)  # reduce every leading axis (batch and sequence) to theta's shape
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -108,7 +108,7 @@ class JumpReLU(Dictionary):
         l0 = jnp.mean(jnp.sum(step(pre_bf, theta_f, self.bandwidth), axis=-1))
         loss = rec + self.sparsity_coefficient * ctx.sparsity_scale * l0
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_l0": l0}
-        return LossOutput(loss, jnp.any(f_bf != 0, axis=0), metrics, jnp.float32(jnp.nan))
+        return LossOutput(loss, ops.batch_any(f_bf != 0), metrics, jnp.float32(jnp.nan))
 
     def fold_decoder_norms(self, params):
         out = super().fold_decoder_norms(params)

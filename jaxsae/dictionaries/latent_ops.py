@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxsae import axes, sharding
+from jaxsae import axes, ops, sharding
 
 
 def _latent_mesh(width: int, k: int):
@@ -128,7 +128,7 @@ def _encode_topk_bwd(k, res, cts):
         dx_bd = jnp.einsum("bk,dbk->bd", g_bk, jnp.take(w_df, idx_bk, axis=1))
     else:
         dpre_bf = jnp.zeros((b, f), g_bk.dtype).at[jnp.arange(b)[:, None], idx_bk].add(g_bk)
-        dw_df, dbias_f, dx_bd = x_bd.T @ dpre_bf, dpre_bf.sum(0), dpre_bf @ w_df.T
+        dw_df, dbias_f, dx_bd = x_bd.T @ dpre_bf, ops.batch_sum(dpre_bf), dpre_bf @ w_df.T
     return dx_bd, dw_df, dbias_f
 
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from jaxsae import ops
 from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
 
 VARIANTS = ("april2024", "2023")
@@ -60,4 +61,4 @@ class ReLU(Dictionary):
         coef = self.sparsity_coefficient * ctx.sparsity_scale
         l0 = jnp.mean(jnp.sum(f_bf > 0, axis=-1).astype(jnp.float32))
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_l1": l1}
-        return LossOutput(rec + coef * l1, jnp.any(f_bf > 0, axis=0), metrics, jnp.float32(jnp.nan))
+        return LossOutput(rec + coef * l1, ops.batch_any(f_bf > 0), metrics, jnp.float32(jnp.nan))
