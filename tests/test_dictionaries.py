@@ -259,3 +259,9 @@ def test_encode_topk_custom_vjp_equals_autodiff(k):
     v, i = latent_ops.encode_topk(x, w, b, k)
     v0, i0 = jax.lax.top_k(x @ w + b, k)
     np.testing.assert_array_equal(i, i0)
+
+
+def test_batchtopk_without_a_learned_threshold_refuses_to_export():
+    spec = D.build("batchtopk", d_in=DIN, d_sae=F, k=4)
+    with pytest.raises(ValueError, match="never estimated"):
+        spec.to_inference(_rand_params(spec), {"threshold": jnp.float32(-1.0)})

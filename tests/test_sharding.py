@@ -50,7 +50,7 @@ def test_one_device_equals_eight(arch, tmp_path, n_devices):
     cfg = toy_config(arch, steps=6, d_sae=64, train={"lr": 1e-3, "dead_tokens": 512}, **over)
     one = loop.train(cfg, str(tmp_path / "one"), mesh=sharding.make_mesh(1, 1, jax.devices()[:1]), progress=False)
     eight = loop.train(cfg, str(tmp_path / "eight"), mesh=sharding.make_mesh(2, 4), progress=False)
-    for a, b in zip(one.metrics, eight.metrics):
+    for a, b in zip(one.metrics, eight.metrics, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-5)
     for name in one.state.params:
         np.testing.assert_allclose(np.asarray(one.state.params[name]), np.asarray(eight.state.params[name]),

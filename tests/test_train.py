@@ -141,3 +141,31 @@ def test_optax_chain_keeps_adam_state_shapes():
     shapes = {tuple(x.shape) for x in jax.tree.leaves(state)}
     assert (4, 3) in shapes and (3, 4) in shapes
     assert isinstance(optax.tree.norm(params), jax.Array)
+
+
+@pytest.mark.parametrize("arch", ["relu", "batchtopk", "topk"])
+def test_export_folds_scaling_and_conversions_exactly(arch, tmp_path):
+    """The exported dictionary on raw activations equals the trained one on scaled activations
+    (un-scaled), with BatchTopK evaluated as JumpReLU at its learned threshold."""
+    from jaxsae.train.export import inference_sae
+
+    cfg = toy_config(arch, steps=30, train={"lr": 3e-3}, sae={"sparsity_coefficient": 0.1} if arch == "relu" else {},
+                     toy={"magnitude_mean": 40.0, "magnitude_std": 5.0})
+    run = loop.train(cfg, str(tmp_path), progress=False)
+    st = jax.device_get(run.state)
+    c = float(st.scale_in)
+    assert abs(c - 1.0) > 0.1  # the normalisation really is doing something here
+    x, _ = run.source.batch(10_000)
+    sae = inference_sae(run.spec, run.state)
+    if arch == "batchtopk":
+        thr = float(st.dict_state["threshold"])
+        assert thr > 0 and sae.spec.name == "jumprelu"
+        a = np.maximum(np.asarray(run.spec.pre_acts(st.params, c * x)), 0)
+        f_want = np.where(a > thr, a, 0)
+        np.testing.assert_allclose(sae.encode(x), f_want, rtol=1e-4, atol=1e-4)
+        want = (f_want @ np.asarray(st.params["W_dec"]) + np.asarray(st.params["b_dec"])) / c
+    else:
+        want = np.asarray(run.spec.forward(st.params, c * x)) / c
+    np.testing.assert_allclose(sae(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    if arch == "relu":  # April-2024 ReLU exports unit-norm decoder rows
+        np.testing.assert_allclose(np.linalg.norm(sae.params["W_dec"], axis=-1), 1.0, rtol=1e-5)

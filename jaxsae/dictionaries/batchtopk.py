@@ -90,9 +90,12 @@ class BatchTopK(Dictionary):
 
         if state is None or "threshold" not in state:
             raise ValueError(f"{self.name}: converting to JumpReLU needs the trained threshold (dict state)")
-        thr = jnp.maximum(jnp.asarray(state["threshold"], jnp.float32), 1e-12)
+        thr = float(state["threshold"])
+        if thr < 0:
+            raise ValueError(f"{self.name}: the inference threshold was never estimated (training stopped before "
+                             f"threshold_start_step={self.threshold_start_step}); train longer or lower it")
         spec = JumpReLU(d_in=self.d_in, d_sae=self.d_sae, d_out=self.d_out,
                         apply_b_dec_to_input=self.apply_b_dec_to_input, skip=self.skip)
         out = dict(params)
-        out["log_threshold"] = jnp.full((self.d_sae,), jnp.log(thr), jnp.float32)
+        out["log_threshold"] = jnp.full((self.d_sae,), jnp.log(max(thr, 1e-30)), jnp.float32)
         return spec, out

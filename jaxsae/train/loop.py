@@ -97,7 +97,7 @@ def setup(cfg: Config, mesh=None) -> Run:
     d_out = source.d_out if is_tc else None
     if cfg.sae.d_out is not None and cfg.sae.d_out != source.d_out:
         raise ValueError(f"sae.d_out={cfg.sae.d_out} but the data's target width is {source.d_out}")
-    spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out)
+    spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out, cfg.train.steps)
     sched = recipes.resolve(cfg.sae.architecture, cfg.sae.activation, cfg.sae.d_sae, cfg.train)
     n_data = mesh.shape[sharding.DATA]
     if cfg.train.batch_size % n_data:

@@ -86,9 +86,11 @@ _SPEC_FIELDS = ("sparsity_coefficient", "variant", "bandwidth", "threshold_init"
                 "apply_b_dec_to_input")
 
 
-def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None) -> Dictionary:
+def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None, total_steps: int | None = None) -> Dictionary:
     """Build the dictionary spec: fields that are None or foreign to the architecture keep their
-    defaults; fields the user set for the wrong architecture are rejected by `build`."""
+    defaults; fields the user set for the wrong architecture are rejected by `build`. With
+    `total_steps`, the BatchTopK threshold EMA starts by step min(1000, total/10) so short runs
+    still learn the threshold their JumpReLU export needs."""
     arch = s.activation if s.architecture == "transcoder" else s.architecture
     cls = ARCHITECTURES[arch]
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -106,6 +108,8 @@ def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None) -> Dictionary:
         v = getattr(s, name)
         if v is not None and name in valid:
             kw[name] = v
+    if "threshold_start_step" in valid and s.threshold_start_step is None and total_steps is not None:
+        kw["threshold_start_step"] = min(1000, total_steps // 10)
     if s.architecture == "transcoder":
         kw.pop("apply_b_dec_to_input", None)
     return build(s.architecture, **kw)
