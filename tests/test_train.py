@@ -169,3 +169,15 @@ def test_export_folds_scaling_and_conversions_exactly(arch, tmp_path):
     np.testing.assert_allclose(sae(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     if arch == "relu":  # April-2024 ReLU exports unit-norm decoder rows
         np.testing.assert_allclose(np.linalg.norm(sae.params["W_dec"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    x[5, 3] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    cfg = C.from_dict({"sae": {"architecture": "relu", "d_sae": 16},
+                       "train": {"steps": 4, "batch_size": 64, "log_every": 2, "normalize": "none",
+                                 "b_dec_init": "zeros", "b_dec_samples": 64},
+                       "data": {"source": "npy", "path": str(tmp_path / "x.npy")}})
+    with pytest.raises(loop.TrainingError, match="loss is nan at step 0.*check the data"):
+        loop.train(cfg, str(tmp_path / "run"), progress=False)

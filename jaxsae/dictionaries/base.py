@@ -18,6 +18,7 @@ both sides) and cross-layer transcoders can extend it without a rewrite: they ov
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import ClassVar, NamedTuple
@@ -47,7 +48,7 @@ class LossOutput(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Dictionary:
+class Dictionary(abc.ABC):
     """Static hyperparameters shared by every architecture.
 
     d_in: input width. d_sae: number of latents. d_out: target width (transcoders); None means
@@ -157,9 +158,9 @@ class Dictionary:
         """x W_enc + b_enc, or (x - b_dec) W_enc + b_enc."""
         return ops.add_bias(x_bd @ params["W_enc"], self.enc_bias(params))
 
+    @abc.abstractmethod
     def encode(self, params: Params, x_bd: jax.Array) -> jax.Array:
         """Latent activations f [.., F] for inputs [.., D] (inference semantics)."""
-        raise NotImplementedError(f"{type(self).__name__} must define encode")
 
     def decode(self, params: Params, f_bf: jax.Array) -> jax.Array:
         """f W_dec + b_dec (without the skip path, as SAELens does)."""
@@ -179,8 +180,9 @@ class Dictionary:
         return self.decode(params, self.encode(params, x_bd)) + self.skip_out(params, x_bd)
 
     # ----------------------------------------------------------------- training
+    @abc.abstractmethod
     def loss(self, params: Params, x_bd: jax.Array, y_bo: jax.Array, ctx: LossContext) -> LossOutput:
-        raise NotImplementedError(f"{type(self).__name__} must define loss")
+        """The training loss and what the step needs besides it (firing mask, metrics)."""
 
     def init_state(self) -> dict[str, jax.Array]:
         """Training-only bookkeeping: tokens since each latent last fired."""

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be resumed from; the message names it and the fix."""
 
 
 # manifest keys whose change makes a checkpoint unusable for exact resume

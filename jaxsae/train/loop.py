@@ -34,7 +34,7 @@ log = logging.getLogger("jaxsae")
 
 
 class TrainingError(RuntimeError):
-    pass
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
 def make_source(d: DataConfig, seed: int, batch_size: int):
