@@ -1,0 +1,44 @@
+"""Language models as Penzai models, loaded from the formats users have.
+
+`load(path)` takes an HF-format directory (config.json + safetensors) and returns a `LanguageModel`
+whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from penzai import pz
+
+from jaxsae.models import llama
+from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
+
+SUPPORTED = llama.MODEL_TYPES
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+    """A Penzai transformer plus what it was loaded from."""
+
+    model: pz.nn.Layer
+    config: dict
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        tokens = jnp.asarray(tokens, jnp.int32)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq] integers, got shape {tokens.shape}")
+        named = pz.nx.wrap(tokens).tag("batch", "seq")
+        logits = self.model(named, token_positions=pz.nx.arange("seq", tokens.shape[1]))
+        return logits.untag("batch", "seq", "vocabulary").unwrap()
+
+
+def load(path: str, dtype=jnp.float32) -> LanguageModel:
+    """Load an HF-format model directory (config.json + safetensors shards), without torch."""
+    cfg = read_config(path)
+    kind = cfg.get("model_type")
+    if kind not in SUPPORTED:
+        raise CheckpointFormatError(f"{path}: model_type {kind!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    tensors = read_tensors(path, dtype)
+    return LanguageModel(llama.build(cfg, tensors, dtype), cfg)

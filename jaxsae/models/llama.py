@@ -1,0 +1,102 @@
+"""Llama-family models (Llama 2/3, SmolLM2, Mistral) from HF safetensors, as Penzai models.
+
+Built with Penzai's `llamalike_common` transformer; the weights are mapped from HF names onto its
+parameters here, from plain arrays (no torch). HF stores q/k/v/o projections as
+[heads * head_dim, d_model]; Penzai names the head axes, grouped for grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from penzai import pz
+from penzai.models.transformer.variants import llamalike_common as ll
+
+from jaxsae.models.checkpoint_files import CheckpointFormatError
+
+MODEL_TYPES = ("llama", "mistral")
+
+
+def _rope_theta(cfg: dict) -> float:
+    rope = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind not in (None, "default"):
+        raise CheckpointFormatError(f"RoPE scaling {kind!r} is not supported yet (only the default RoPE)")
+    return float(rope.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
+
+
+def penzai_config(cfg: dict, dtype) -> ll.LlamalikeTransformerConfig:
+    n_heads, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    if n_heads % n_kv:
+        raise CheckpointFormatError(f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise CheckpointFormatError("attention/MLP biases are not supported for the Llama family loader")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise CheckpointFormatError(f"hidden_act={cfg.get('hidden_act')!r}: the Llama family uses silu (SwiGLU)")
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    attn = ll.AttentionTypeSlidingWindowCausal(window) if window else ll.AttentionTypeGlobalCausal()
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    return ll.LlamalikeTransformerConfig(
+        num_kv_heads=n_kv, query_head_multiplier=n_heads // n_kv, embedding_dim=cfg["hidden_size"],
+        projection_dim=head_dim, mlp_hidden_dim=cfg["intermediate_size"],
+        num_decoder_blocks=cfg["num_hidden_layers"], vocab_size=cfg["vocab_size"], mlp_variant="swiglu",
+        tie_embedder_and_logits=False, rope_wavelength=_rope_theta(cfg), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        attention_type=attn, parameter_dtype=dtype, activation_dtype=dtype,
+    )
+
+
+def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.nx.NamedArray:
+    """Reshape an HF projection matrix to Penzai's named head layout."""
+    g, m, h, d = pc.num_kv_heads, pc.query_head_multiplier, pc.projection_dim, pc.embedding_dim
+    if kind == "o":
+        arr = arr.reshape(d, -1)
+    if m == 1:  # plain multi-head attention
+        heads = (("heads", g),)
+    elif g == 1:  # multi-query
+        heads = (("query_heads", m),) if kind in ("q", "o") else ()
+    else:  # grouped-query
+        heads = (("head_groups", g), ("query_heads", m)) if kind in ("q", "o") else (("head_groups", g),)
+    names = [n for n, _ in heads]
+    sizes = [s for _, s in heads]
+    if kind == "o":
+        return pz.nx.wrap(arr.reshape(d, *sizes, h)).tag("embedding", *names, "projection")
+    return pz.nx.wrap(arr.reshape(*sizes, h, d)).tag(*names, "projection", "embedding")
+
+
+def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
+    pc = penzai_config(cfg, dtype)
+    model_def = ll.build_llamalike_transformer(pc, init_base_rng=None, name="transformer")
+
+    def t(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise CheckpointFormatError(f"missing tensor {name!r} (found {len(tensors)} tensors, e.g. "
+                                        f"{sorted(tensors)[:4]})")
+        return tensors[name]
+
+    def wrap(name: str, *axes: str) -> pz.nx.NamedArray:
+        return pz.nx.wrap(t(name)).tag(*axes)
+
+    embed = wrap("model.embed_tokens.weight", "vocabulary", "embedding")
+    tied = cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in tensors
+    params = {
+        "embedder.embeddings": embed,
+        "final_norm/scale.weights": wrap("model.norm.weight", "embedding"),
+        "lm_head.weights": embed if tied else wrap("lm_head.weight", "vocabulary", "embedding"),
+    }
+    for i in range(pc.num_decoder_blocks):
+        p = f"model.layers.{i}."
+        block = {
+            "pre_attention_norm/scale.weights": wrap(p + "input_layernorm.weight", "embedding"),
+            "pre_ffw_norm/scale.weights": wrap(p + "post_attention_layernorm.weight", "embedding"),
+            "mlp/gating_linear.weights": wrap(p + "mlp.gate_proj.weight", "neurons", "embedding"),
+            "mlp/value_linear.weights": wrap(p + "mlp.up_proj.weight", "neurons", "embedding"),
+            "mlp/out_linear.weights": wrap(p + "mlp.down_proj.weight", "embedding", "neurons"),
+            "attention/query.weights": _heads(pc, t(p + "self_attn.q_proj.weight"), "q"),
+            "attention/key.weights": _heads(pc, t(p + "self_attn.k_proj.weight"), "k"),
+            "attention/value.weights": _heads(pc, t(p + "self_attn.v_proj.weight"), "v"),
+            "attention/output.weights": _heads(pc, t(p + "self_attn.o_proj.weight"), "o"),
+        }
+        params.update({f"block_{i}/{k}": v for k, v in block.items()})
+    model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=f"transformer/{k}") for k, v in params.items()])
+    pz.nn.assert_no_parameter_slots(model)
+    return model

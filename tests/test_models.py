@@ -1,0 +1,88 @@
+"""Llama-family models from HF directories agree with HF transformers (the oracle) on tiny random
+configs; malformed checkpoints are named."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxsae import models
+from jaxsae.models.checkpoint_files import CheckpointFormatError
+
+VOCAB = 97
+
+
+def _save_tiny(tmp_path, kind="llama", shard=None, **extra):
+    torch.manual_seed(0)
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[kind]
+    cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              rms_norm_eps=1e-5, attn_implementation="eager", **extra)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # norms away from 1 so their mapping matters
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    kw = {"max_shard_size": shard} if shard else {}
+    hf.save_pretrained(str(tmp_path), **kw)
+    return hf
+
+
+def _logits(hf, tokens):
+    with torch.no_grad():
+        return hf(torch.from_numpy(tokens)).logits.numpy()
+
+
+TOKENS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 13))
+CASES = {
+    "llama_gqa": ("llama", {"num_key_value_heads": 2}),
+    "llama_mha": ("llama", {"num_key_value_heads": 4}),
+    "llama_mqa": ("llama", {"num_key_value_heads": 1}),
+    "smollm2_tied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 100000.0}),
+    "mistral_sliding_window": ("mistral", {"num_key_value_heads": 2, "sliding_window": 5}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_transformers(case, tmp_path):
+    kind, extra = CASES[case]
+    hf = _save_tiny(tmp_path, kind, **extra)
+    want = _logits(hf, TOKENS)
+    got = np.asarray(models.load(str(tmp_path))(TOKENS))
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    assert rel <= 1e-4, rel
+
+
+def test_sharded_checkpoint_and_bf16(tmp_path):
+    hf = _save_tiny(tmp_path, "llama", shard="20KB", num_key_value_heads=2)
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    want = _logits(hf, TOKENS)
+    np.testing.assert_allclose(np.asarray(models.load(str(tmp_path))(TOKENS)), want, rtol=1e-4, atol=1e-5)
+    import jax.numpy as jnp
+
+    lm16 = models.load(str(tmp_path), dtype=jnp.bfloat16)
+    got16 = np.asarray(lm16(TOKENS), np.float32)
+    assert np.abs(got16 - want).max() / np.abs(want).max() < 5e-2  # bf16 weights and activations
+
+
+def test_malformed_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointFormatError, match="no config.json"):
+        models.load(str(tmp_path))
+    _save_tiny(tmp_path, "llama", num_key_value_heads=2)
+    cfg = json.load(open(tmp_path / "config.json"))
+    json.dump({**cfg, "model_type": "rwkv"}, open(tmp_path / "config.json", "w"))
+    with pytest.raises(CheckpointFormatError, match="model_type 'rwkv' is not supported; supported: llama"):
+        models.load(str(tmp_path))
+    json.dump(cfg, open(tmp_path / "config.json", "w"))
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(tmp_path / "model.safetensors")
+    del t["model.layers.1.mlp.up_proj.weight"]
+    save_file(t, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointFormatError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+        models.load(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointFormatError, match="unreadable safetensors"):
+        models.load(str(tmp_path))
