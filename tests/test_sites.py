@@ -1,0 +1,66 @@
+"""Hook sites: every TransformerLens-named site of a Llama-family model equals the value
+transformers computes at the same place; tapping changes no output and mutates nothing."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxsae import models, sites
+
+VOCAB = 97
+TOKENS = np.random.default_rng(1).integers(0, VOCAB, size=(2, 9))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    d = tmp_path_factory.mktemp("llama")
+    hf.save_pretrained(str(d))
+    return hf, models.load(str(d))
+
+
+def _hf_sites(hf, layer):
+    caps = {}
+    blk = hf.model.layers[layer]
+    hooks = [blk.register_forward_pre_hook(lambda m, a: caps.__setitem__("pre", a[0])),
+             blk.self_attn.register_forward_hook(lambda m, i, o: caps.__setitem__("attn", o[0])),
+             blk.mlp.register_forward_hook(lambda m, i, o: caps.update(mlp=o, mlp_in=i[0])),
+             blk.register_forward_hook(lambda m, i, o: caps.__setitem__("post", o[0] if isinstance(o, tuple) else o))]
+    with torch.no_grad():
+        logits = hf(torch.from_numpy(TOKENS)).logits.numpy()
+    for h in hooks:
+        h.remove()
+    want = {"hook_resid_pre": caps["pre"], "hook_attn_out": caps["attn"], "hook_resid_mid": caps["pre"] + caps["attn"],
+            "ln2.hook_normalized": caps["mlp_in"], "hook_mlp_out": caps["mlp"], "hook_resid_post": caps["post"]}
+    return logits, {f"blocks.{layer}.{k}": v.numpy() for k, v in want.items()}
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_every_site_matches_transformers(tiny, layer):
+    hf, lm = tiny
+    want_logits, want = _hf_sites(hf, layer)
+    logits, cache = sites.run_with_cache(lm, TOKENS, list(want))
+    assert set(cache) == set(want)
+    for name, w in want.items():
+        rel = np.abs(np.asarray(cache[name]) - w).max() / np.abs(w).max()
+        assert rel <= 1e-4, (name, rel)
+    # tapping is an identity: logits unchanged
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(lm(TOKENS)), rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(logits) - want_logits).max() / np.abs(want_logits).max() <= 1e-4
+
+
+def test_tapping_returns_a_new_model_and_names_bad_sites(tiny):
+    _, lm = tiny
+    tapped = sites.with_taps(lm.model, ["blocks.1.hook_resid_post"])
+    from penzai import pz
+
+    assert pz.select(tapped).at_instances_of(sites.Tap).count() == 1
+    assert pz.select(lm.model).at_instances_of(sites.Tap).count() == 0
+    with pytest.raises(ValueError, match="unknown hook site"):
+        sites.parse("blocks.1.hook_resid")
+    with pytest.raises(ValueError, match="model has 3 blocks"):
+        sites.with_taps(lm.model, ["blocks.7.hook_mlp_out"])
