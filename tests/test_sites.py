@@ -64,3 +64,54 @@ def test_tapping_returns_a_new_model_and_names_bad_sites(tiny):
         sites.parse("blocks.1.hook_resid")
     with pytest.raises(ValueError, match="model has 3 blocks"):
         sites.with_taps(lm.model, ["blocks.7.hook_mlp_out"])
+
+
+def _resid(lm, site):
+    return np.asarray(sites.run_with_cache(lm, TOKENS, [site])[1][site])
+
+
+def test_identity_and_error_keeping_splices_change_no_logits(tiny):
+    _, lm = tiny
+    base = np.asarray(lm(TOKENS))
+    same = sites.splice(lm, "blocks.1.hook_resid_post", lambda x, _: x)
+    np.testing.assert_allclose(np.asarray(same(TOKENS)), base, rtol=1e-6, atol=1e-6)
+    from jaxsae import dictionaries as D
+    from jaxsae.dictionaries.bound import SAE
+
+    spec = D.build("topk", d_in=32, d_sae=64, k=4)
+    import jax
+
+    sae = SAE(spec, spec.init(jax.random.key(0)))
+    kept = sites.splice_sae(lm, "blocks.1.hook_resid_post", sae, keep_error=True)
+    np.testing.assert_allclose(np.asarray(kept(TOKENS)), base, rtol=1e-5, atol=1e-5)
+    # without the error term the site now carries the reconstruction of the clean activation
+    x = _resid(lm, "blocks.1.hook_resid_post")
+    spliced = sites.splice_sae(lm, "blocks.1.hook_resid_post", sae)
+    np.testing.assert_allclose(_resid(spliced, "blocks.1.hook_resid_post"), np.asarray(sae(x)), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(spliced(TOKENS)) - base).max() > 1e-3
+
+
+def test_zero_and_mean_ablation(tiny):
+    _, lm = tiny
+    zeroed = sites.splice_zero(lm, "blocks.0.hook_mlp_out")
+    np.testing.assert_allclose(_resid(zeroed, "blocks.0.hook_resid_post"), _resid(zeroed, "blocks.0.hook_resid_mid"),
+                               rtol=1e-6, atol=1e-6)
+    mean = _resid(lm, "blocks.0.hook_attn_out").reshape(-1, 32).mean(0)
+    meaned = sites.splice_mean(lm, "blocks.0.hook_attn_out", mean)
+    got = _resid(meaned, "blocks.0.hook_attn_out")
+    np.testing.assert_allclose(got, np.broadcast_to(mean, got.shape), rtol=1e-6)
+
+
+def test_truncated_model_gives_the_same_site_values(tiny):
+    _, lm = tiny
+    names = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+    _, full = sites.run_with_cache(lm, TOKENS, names)
+    logits, short = sites.run_with_cache(lm, TOKENS, names, stop_early=True)
+    assert logits is None
+    for n in names:
+        np.testing.assert_allclose(np.asarray(short[n]), np.asarray(full[n]), rtol=1e-6, atol=1e-6)
+    from penzai.models.transformer import model_parts
+
+    cut = sites.truncate(lm, 1)
+    n_blocks = sum(isinstance(x, model_parts.TransformerBlock) for x in cut.model.body.sublayers)
+    assert n_blocks == 2 and len(cut.model.body.sublayers) == 3  # embedding + 2 blocks
