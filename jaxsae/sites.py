@@ -144,16 +144,19 @@ def splice(lm, site: str, fn, payload: Any = None):
     return _rewrite(lm, {site: Splice(payload=payload, fn=fn)})
 
 
-def _sae_out(x, args):
-    sae, keep_error = args
+def _sae_out(x, sae):
+    return sae.forward(x)
+
+
+def _sae_out_keep_error(x, sae):
     x_hat = sae.forward(x)
-    return x_hat + jax.lax.stop_gradient(x - x_hat) if keep_error else x_hat
+    return x_hat + jax.lax.stop_gradient(x - x_hat)
 
 
 def splice_sae(lm, site: str, sae, keep_error: bool = False):
     """Replace the activation at `site` by the dictionary's reconstruction; with keep_error the
     reconstruction error is added back (outputs unchanged, latents now on the path)."""
-    return splice(lm, site, _sae_out, (sae, keep_error))
+    return splice(lm, site, _sae_out_keep_error if keep_error else _sae_out, sae)
 
 
 def splice_zero(lm, site: str):
@@ -172,16 +175,16 @@ def run_with_cache(model, tokens, sites, stop_early: bool = False):
     sites = list(sites)
     lm = truncate(model.model, max(parse(s)[0] for s in sites)) if stop_early else model.model
     tapped = with_taps(lm, sites)
-    stateless, state = pz.unbind_state_vars(tapped, freeze=True)
-    named = pz.nx.wrap(tokens).tag("batch", "seq")
-    logits, new_state = stateless.stateless_call(state, named, token_positions=pz.nx.arange("seq", tokens.shape[1]))
-    cache = {}
-    for var in new_state:
-        if var.label in sites:
-            cache[var.label] = _to_array(var.value)
+    out = _call(tapped, tokens)  # jitted; the taps' state variables are written back in place
+    cache = {t.saved.label: _to_array(t.saved.value) for t in pz.select(tapped).at_instances_of(Tap).get_sequence()}
     if stop_early:
         return None, cache
-    return logits.untag("batch", "seq", "vocabulary").unwrap(), cache
+    return out.untag("batch", "seq", "vocabulary").unwrap(), cache
+
+
+@pz.variable_jit
+def _call(model, tokens):
+    return model(pz.nx.wrap(tokens).tag("batch", "seq"), token_positions=pz.nx.arange("seq", tokens.shape[1]))
 
 
 def _to_array(value) -> jax.Array:

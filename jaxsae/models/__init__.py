@@ -1,7 +1,8 @@
 """Language models as Penzai models, loaded from the formats users have.
 
-`load(path)` takes an HF-format directory (config.json + safetensors) and returns a `LanguageModel`
-whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
+`load(path)` takes an HF-format directory (config.json + safetensors) or a .gguf file and returns
+a `LanguageModel` whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
+`packaged.smollm2_path()` finds the packaged SmolLM2-135M GGUF (see DESIGN.md).
 """
 
 from __future__ import annotations
@@ -29,13 +30,25 @@ class LanguageModel:
         tokens = jnp.asarray(tokens, jnp.int32)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq] integers, got shape {tokens.shape}")
-        named = pz.nx.wrap(tokens).tag("batch", "seq")
-        logits = self.model(named, token_positions=pz.nx.arange("seq", tokens.shape[1]))
-        return logits.untag("batch", "seq", "vocabulary").unwrap()
+        return _logits(self.model, tokens)
+
+
+@pz.variable_jit  # jit that passes Penzai's (mutable) Parameter variables through as inputs
+def _logits(model: pz.nn.Layer, tokens: jax.Array) -> jax.Array:
+    named = pz.nx.wrap(tokens).tag("batch", "seq")
+    logits = model(named, token_positions=pz.nx.arange("seq", tokens.shape[1]))
+    return logits.untag("batch", "seq", "vocabulary").unwrap()
 
 
 def load(path: str, dtype=jnp.float32) -> LanguageModel:
-    """Load an HF-format model directory (config.json + safetensors shards), without torch."""
+    """Load an HF-format model directory (config.json + safetensors shards) or a .gguf file,
+    without torch."""
+    if str(path).endswith(".gguf"):
+        from jaxsae.models import gguf_file
+
+        cfg, tensors = gguf_file.read(str(path))
+        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+        return LanguageModel(llama.build(cfg, tensors, dtype), cfg)
     cfg = read_config(path)
     kind = cfg.get("model_type")
     if kind not in SUPPORTED:
