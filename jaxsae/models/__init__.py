@@ -2,6 +2,7 @@
 
 `load(path)` takes an HF-format directory (config.json + safetensors) or a .gguf file and returns
 a `LanguageModel` whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
+`load_tokenizer(path)` reads a .gguf file's tokenizer, a tokenizer.json or GPT-2 BPE files;
 `packaged.smollm2_path()` finds the packaged SmolLM2-135M GGUF (see DESIGN.md).
 """
 
@@ -15,8 +16,10 @@ from penzai import pz
 
 from jaxsae.models import llama
 from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
+from jaxsae.models.tokenizer import Tokenizer, load_tokenizer
 
 SUPPORTED = llama.MODEL_TYPES
+__all__ = ["SUPPORTED", "CheckpointFormatError", "LanguageModel", "Tokenizer", "load", "load_tokenizer"]
 
 
 @dataclasses.dataclass(frozen=True)
