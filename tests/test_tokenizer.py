@@ -6,7 +6,7 @@ import os
 import pytest
 from transformers import AutoTokenizer, GPT2Tokenizer
 
-from jaxsae.models import packaged
+from jaxsae import packaged
 from jaxsae.models.tokenizer import load_tokenizer
 
 TEXT = ("ROMEO.\nBut soft, what light through yonder window breaks?\n\tIt is the east, and Juliet is the sun.  "
