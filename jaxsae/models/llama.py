@@ -77,7 +77,7 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
         return pz.nx.wrap(t(name)).tag(*axes)
 
     embed = wrap("model.embed_tokens.weight", "vocabulary", "embedding")
-    tied = cfg.get("tie_word_embeddings", False) or "lm_head.weight" not in tensors
+    tied = cfg.get("tie_word_embeddings", False)  # untied without lm_head.weight: a missing-tensor error
     params = {
         "embedder.embeddings": embed,
         "final_norm/scale.weights": wrap("model.norm.weight", "embedding"),
