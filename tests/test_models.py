@@ -17,13 +17,13 @@ VOCAB = 97
 
 def _save_tiny(tmp_path, kind="llama", shard=None, **extra):
     torch.manual_seed(0)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[kind]
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}[kind]
     cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               rms_norm_eps=1e-5, attn_implementation="eager", **extra)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # norms away from 1 so their mapping matters
         for name, p in hf.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith("bias"):  # biases start at 0: make them matter
                 p.add_(0.1 * torch.randn_like(p))
     kw = {"max_shard_size": shard} if shard else {}
     hf.save_pretrained(str(tmp_path), **kw)
@@ -42,6 +42,7 @@ CASES = {
     "llama_mqa": ("llama", {"num_key_value_heads": 1}),
     "smollm2_tied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 100000.0}),
     "mistral_sliding_window": ("mistral", {"num_key_value_heads": 2, "sliding_window": 5}),
+    "qwen2_qkv_bias": ("qwen2", {"num_key_value_heads": 2}),
 }
 
 
@@ -73,7 +74,7 @@ def test_malformed_checkpoints_are_named(tmp_path):
     _save_tiny(tmp_path, "llama", num_key_value_heads=2)
     cfg = json.load(open(tmp_path / "config.json"))
     json.dump({**cfg, "model_type": "rwkv"}, open(tmp_path / "config.json", "w"))
-    with pytest.raises(CheckpointFormatError, match="model_type 'rwkv' is not supported; supported: llama"):
+    with pytest.raises(CheckpointFormatError, match="model_type 'rwkv' is not supported; supported: llama, mistral, qwen2"):
         models.load(str(tmp_path))
     json.dump(cfg, open(tmp_path / "config.json", "w"))
     from safetensors.numpy import load_file, save_file

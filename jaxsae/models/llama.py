@@ -1,8 +1,9 @@
-"""Llama-family models (Llama 2/3, SmolLM2, Mistral) from HF safetensors, as Penzai models.
+"""Llama-family models (Llama 2/3, SmolLM2, Mistral, Qwen2) from HF safetensors, as Penzai models.
 
 Built with Penzai's `llamalike_common` transformer; the weights are mapped from HF names onto its
 parameters here, from plain arrays (no torch). HF stores q/k/v/o projections as
 [heads * head_dim, d_model]; Penzai names the head axes, grouped for grouped-query attention.
+Qwen2's q/k/v biases are added by surgery: an `AddBias` after each projection.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from penzai.models.transformer.variants import llamalike_common as ll
 
 from jaxsae.models.checkpoint_files import CheckpointFormatError
 
-MODEL_TYPES = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+_QKV = {"q": "query", "k": "key", "v": "value"}
 
 
 def _rope_theta(cfg: dict) -> float:
@@ -29,11 +31,13 @@ def penzai_config(cfg: dict, dtype) -> ll.LlamalikeTransformerConfig:
     n_heads, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     if n_heads % n_kv:
         raise CheckpointFormatError(f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise CheckpointFormatError("attention/MLP biases are not supported for the Llama family loader")
+    if cfg.get("mlp_bias"):
+        raise CheckpointFormatError("MLP biases are not supported for the Llama family loader")
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointFormatError(f"hidden_act={cfg.get('hidden_act')!r}: the Llama family uses silu (SwiGLU)")
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    if cfg.get("model_type") == "qwen2" and window and cfg.get("use_sliding_window"):
+        raise CheckpointFormatError("Qwen2 with use_sliding_window=True (per-layer windows) is not supported yet")
     attn = ll.AttentionTypeSlidingWindowCausal(window) if window else ll.AttentionTypeGlobalCausal()
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     return ll.LlamalikeTransformerConfig(
@@ -46,7 +50,7 @@ def penzai_config(cfg: dict, dtype) -> ll.LlamalikeTransformerConfig:
 
 
 def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.nx.NamedArray:
-    """Reshape an HF projection matrix to Penzai's named head layout."""
+    """Reshape an HF projection matrix (or, with a 1-D array, its bias) to Penzai's named heads."""
     g, m, h, d = pc.num_kv_heads, pc.query_head_multiplier, pc.projection_dim, pc.embedding_dim
     if kind == "o":
         arr = arr.reshape(d, -1)
@@ -60,6 +64,8 @@ def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.
     sizes = [s for _, s in heads]
     if kind == "o":
         return pz.nx.wrap(arr.reshape(d, *sizes, h)).tag("embedding", *names, "projection")
+    if arr.ndim == 1:
+        return pz.nx.wrap(arr.reshape(*sizes, h)).tag(*names, "projection")
     return pz.nx.wrap(arr.reshape(*sizes, h, d)).tag(*names, "projection", "embedding")
 
 
@@ -99,4 +105,23 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
         params.update({f"block_{i}/{k}": v for k, v in block.items()})
     model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=f"transformer/{k}") for k, v in params.items()])
     pz.nn.assert_no_parameter_slots(model)
+    if any(k.endswith("self_attn.q_proj.bias") for k in tensors):
+        model = _add_qkv_biases(model, pc, t)
     return model
+
+
+def _add_qkv_biases(model, pc: ll.LlamalikeTransformerConfig, t):
+    """Insert AddBias after every q/k/v projection (Qwen2), reading HF's *_proj.bias tensors."""
+    suffix = {f"attention/{name}.weights": kind for kind, name in _QKV.items()}
+
+    def with_bias(linear):
+        label = linear.weights.label  # transformer/block_{i}/attention/{query,key,value}.weights
+        block, rest = label.split("/", 2)[1], label.split("/", 2)[2]
+        i = int(block.removeprefix("block_"))
+        kind = suffix[rest]
+        bias = _heads(pc, t(f"model.layers.{i}.self_attn.{kind}_proj.bias"), kind)
+        add = pz.nn.AddBias(bias=pz.Parameter(value=bias, label=label[:-8] + ".bias"), new_axis_names=())
+        return pz.nn.Sequential([linear, add])
+
+    return (pz.select(model).at_instances_of(pz.nn.Linear)
+            .where(lambda lin: lin.weights.label.split("/", 2)[-1] in suffix).apply(with_bias))
