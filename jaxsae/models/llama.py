@@ -69,8 +69,15 @@ def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.
     return pz.nx.wrap(arr.reshape(*sizes, h, d)).tag(*names, "projection", "embedding")
 
 
-def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
-    pc = penzai_config(cfg, dtype)
+# Penzai norm name -> HF norm name, per family ("post_attention_layernorm" means different things)
+LLAMA_NORMS = {"pre_attention_norm": "input_layernorm", "pre_ffw_norm": "post_attention_layernorm"}
+
+
+def build(cfg: dict, tensors: dict[str, np.ndarray], dtype, pc: ll.LlamalikeTransformerConfig | None = None,
+          norms: dict[str, str] = LLAMA_NORMS, norm_offset: float = 0.0) -> pz.nn.Layer:
+    """Bind HF tensors to a Penzai llamalike transformer. `norms` maps Penzai's per-block norm
+    names to HF's; `norm_offset` is added to every norm scale (Gemma stores scale - 1)."""
+    pc = pc or penzai_config(cfg, dtype)
     model_def = ll.build_llamalike_transformer(pc, init_base_rng=None, name="transformer")
 
     def t(name: str) -> np.ndarray:
@@ -82,18 +89,18 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
     def wrap(name: str, *axes: str) -> pz.nx.NamedArray:
         return pz.nx.wrap(t(name)).tag(*axes)
 
+    def norm(name: str) -> pz.nx.NamedArray:
+        return pz.nx.wrap(t(name) + np.asarray(norm_offset, t(name).dtype)).tag("embedding")
+
     embed = wrap("model.embed_tokens.weight", "vocabulary", "embedding")
-    tied = cfg.get("tie_word_embeddings", False)  # untied without lm_head.weight: a missing-tensor error
-    params = {
-        "embedder.embeddings": embed,
-        "final_norm/scale.weights": wrap("model.norm.weight", "embedding"),
-        "lm_head.weights": embed if tied else wrap("lm_head.weight", "vocabulary", "embedding"),
-    }
+    params = {"embedder.embeddings": embed, "final_norm/scale.weights": norm("model.norm.weight")}
+    if not pc.tie_embedder_and_logits:  # Penzai's tied mode (Gemma) reuses the embedding table itself
+        tied = cfg.get("tie_word_embeddings", False)  # untied without lm_head.weight: a missing-tensor error
+        params["lm_head.weights"] = embed if tied else wrap("lm_head.weight", "vocabulary", "embedding")
     for i in range(pc.num_decoder_blocks):
         p = f"model.layers.{i}."
-        block = {
-            "pre_attention_norm/scale.weights": wrap(p + "input_layernorm.weight", "embedding"),
-            "pre_ffw_norm/scale.weights": wrap(p + "post_attention_layernorm.weight", "embedding"),
+        block = {f"{pz_name}/scale.weights": norm(f"{p}{hf_name}.weight") for pz_name, hf_name in norms.items()}
+        block.update({
             "mlp/gating_linear.weights": wrap(p + "mlp.gate_proj.weight", "neurons", "embedding"),
             "mlp/value_linear.weights": wrap(p + "mlp.up_proj.weight", "neurons", "embedding"),
             "mlp/out_linear.weights": wrap(p + "mlp.down_proj.weight", "embedding", "neurons"),
@@ -101,7 +108,7 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype) -> pz.nn.Layer:
             "attention/key.weights": _heads(pc, t(p + "self_attn.k_proj.weight"), "k"),
             "attention/value.weights": _heads(pc, t(p + "self_attn.v_proj.weight"), "v"),
             "attention/output.weights": _heads(pc, t(p + "self_attn.o_proj.weight"), "o"),
-        }
+        })
         params.update({f"block_{i}/{k}": v for k, v in block.items()})
     model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=f"transformer/{k}") for k, v in params.items()])
     pz.nn.assert_no_parameter_slots(model)
