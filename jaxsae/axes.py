@@ -19,5 +19,11 @@ D_OUT = "d_out"
 D_SAE = "d_sae"
 LAYER = "layer"
 VOCAB = "vocab"
+NEURONS = "neurons"  # an LM's MLP hidden units
+HEADS = "heads"  # an LM's attention heads (Penzai's heads / head_groups / query_heads)
 
-ALL = (BATCH, SEQ, D_IN, D_OUT, D_SAE, LAYER, VOCAB)
+ALL = (BATCH, SEQ, D_IN, D_OUT, D_SAE, LAYER, VOCAB, NEURONS, HEADS)
+
+# Penzai model axis names -> logical axes (unlisted names, e.g. "embedding", stay replicated)
+PENZAI = {"vocabulary": VOCAB, "neurons": NEURONS, "heads": HEADS, "head_groups": HEADS, "query_heads": HEADS,
+          "batch": BATCH, "seq": SEQ}

@@ -29,6 +29,8 @@ RULES: Mapping[str, str | None] = {
     axes.D_SAE: MODEL,
     axes.LAYER: None,
     axes.VOCAB: MODEL,
+    axes.NEURONS: MODEL,
+    axes.HEADS: MODEL,
 }
 
 AxisNames = Sequence[str | None]

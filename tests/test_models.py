@@ -149,3 +149,27 @@ def test_gemma2_residual_sites_match_transformers(tmp_path):
     for name, want in zip(names, (hs[0], hs[1])):
         want = want.numpy()
         assert np.abs(np.asarray(cache[name]) - want).max() / np.abs(want).max() <= 1e-4, name
+
+
+def test_forward_on_eight_devices_equals_one(tmp_path):
+    """Parameters sharded over a 2 x 4 mesh by their axis names (vocabulary, neurons and heads
+    over `model`), tokens over `data`: the same logits as on one device."""
+    import jax
+
+    from jaxsae import axes, sharding
+
+    assert jax.device_count() == 8
+    _save_tiny(tmp_path, "llama", num_key_value_heads=4)
+    lm = models.load(str(tmp_path))
+    mesh = sharding.make_mesh(2, 4)
+    placed = models.place(lm, mesh)
+    from penzai import pz
+
+    params = {p.label: p.value.data_array for p in pz.select(placed.model).at_instances_of(pz.Parameter).get_sequence()}
+    mlp = params["transformer/block_0/mlp/gating_linear.weights"]  # [neurons 48, embedding]
+    assert mlp.sharding.spec[0] == "model" and len(mlp.sharding.device_set) == 8
+    assert params["transformer/block_0/attention/query.weights"].sharding.spec[0] == "model"  # 4 heads
+    # a vocabulary of 97 does not split 4 ways: that dimension stays whole rather than failing
+    assert params["transformer/embedder.embeddings"].sharding.spec[0] is None
+    tokens = jax.device_put(np.asarray(TOKENS, np.int32), sharding.named(mesh, (axes.BATCH, axes.SEQ)))
+    np.testing.assert_allclose(np.asarray(placed(tokens)), np.asarray(lm(TOKENS)), rtol=1e-5, atol=1e-5)

@@ -43,6 +43,23 @@ def _logits(model: pz.nn.Layer, tokens: jax.Array) -> jax.Array:
     return logits.untag("batch", "seq", "vocabulary").unwrap()
 
 
+def place(model: LanguageModel, mesh) -> LanguageModel:
+    """The model with every parameter sharded over `mesh` by its axis names (vocabulary, MLP
+    neurons and heads over the `model` axis via jaxsae.sharding.RULES; a mesh axis that does not
+    divide a dimension is dropped for it). Parameters go from host memory straight to their shards."""
+    from jaxsae import axes, sharding
+
+    def put(param):
+        value = param.value
+        logical = tuple(axes.PENZAI.get(n) for n in value.named_axes)
+        sh = sharding.fit_shardings(mesh, logical, jax.ShapeDtypeStruct(value.data_array.shape, value.dtype))
+        return pz.Parameter(value=dataclasses.replace(value, data_array=jax.device_put(value.data_array, sh)),
+                            label=param.label)
+
+    placed = pz.select(model.model).at_instances_of(pz.Parameter).apply(put)
+    return dataclasses.replace(model, model=placed)
+
+
 def load(path: str, dtype=jnp.float32) -> LanguageModel:
     """Load an HF-format model directory (config.json + safetensors shards) or a .gguf file,
     without torch."""
