@@ -45,6 +45,15 @@ def _latent_mesh(width: int, k: int):
     return mesh, lat, bat
 
 
+def _merge_shards(vals_bk, idx_bk, f_loc: int, lat: str, k: int):
+    """Inside shard_map: the global top-k from each shard's local top-k (indices made global)."""
+    idx_bk = idx_bk + jax.lax.axis_index(lat) * f_loc
+    cand_v = jax.lax.all_gather(vals_bk, lat, axis=1, tiled=True)
+    cand_i = jax.lax.all_gather(idx_bk, lat, axis=1, tiled=True)
+    top_v, pos = jax.lax.top_k(cand_v, k)
+    return top_v, jnp.take_along_axis(cand_i, pos, axis=1)
+
+
 def top_k(pre_bf: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """(values, global indices) of the k largest entries of each row of a [B, F] array."""
     ctx = _latent_mesh(pre_bf.shape[-1], k) if pre_bf.ndim == 2 else None
@@ -53,13 +62,7 @@ def top_k(pre_bf: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     mesh, lat, bat = ctx
 
     def local(pre_loc):
-        f_loc = pre_loc.shape[-1]
-        vals, idx = jax.lax.top_k(pre_loc, k)
-        idx = idx + jax.lax.axis_index(lat) * f_loc
-        cand_v = jax.lax.all_gather(vals, lat, axis=1, tiled=True)
-        cand_i = jax.lax.all_gather(idx, lat, axis=1, tiled=True)
-        top_v, pos = jax.lax.top_k(cand_v, k)
-        return top_v, jnp.take_along_axis(cand_i, pos, axis=1)
+        return _merge_shards(*jax.lax.top_k(pre_loc, k), pre_loc.shape[-1], lat, k)
 
     return jax.shard_map(local, mesh=mesh, in_specs=P(bat, lat), out_specs=(P(bat, None), P(bat, None)),
                          check_vma=False)(pre_bf)
@@ -146,12 +149,7 @@ def encode_topk(x_bd: jax.Array, w_enc_df: jax.Array, bias_f: jax.Array, k: int)
     mesh, lat, bat = ctx
 
     def local(x, w_loc, b_loc):
-        vals, idx = _encode_topk_local(x, w_loc, b_loc, k)
-        idx = idx + jax.lax.axis_index(lat) * w_loc.shape[1]
-        cand_v = jax.lax.all_gather(vals, lat, axis=1, tiled=True)
-        cand_i = jax.lax.all_gather(idx, lat, axis=1, tiled=True)
-        top_v, pos = jax.lax.top_k(cand_v, k)
-        return top_v, jnp.take_along_axis(cand_i, pos, axis=1)
+        return _merge_shards(*_encode_topk_local(x, w_loc, b_loc, k), w_loc.shape[1], lat, k)
 
     return jax.shard_map(local, mesh=mesh, in_specs=(P(bat, None), P(None, lat), P(lat)),
                          out_specs=(P(bat, None), P(bat, None)), check_vma=False)(x_bd, w_enc_df, bias_f)

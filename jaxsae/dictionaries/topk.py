@@ -46,24 +46,26 @@ class TopK(Dictionary):
         f = scatter_rows(vals.reshape(-1, self.k), idx.reshape(-1, self.k), self.d_sae)
         return f.reshape(*lead, self.d_sae)
 
-    def _recon(self, params, x_bd, k):
-        vals_bk, idx_bk = encode_topk_relu(self, params, x_bd, k)
+    def _recon(self, params, x_bd, vals_bk, idx_bk):
         if self.sparse_decoder:
             yhat = self.decode_sparse(params, vals_bk, idx_bk)
         else:
             yhat = self.decode(params, scatter_rows(vals_bk, idx_bk, self.d_sae))
-        return yhat + self.skip_out(params, x_bd), vals_bk, idx_bk
+        return yhat + self.skip_out(params, x_bd)
 
     def loss(self, params, x_bd, y_bo, ctx: LossContext) -> LossOutput:
-        yhat_bo, vals_bk, idx_bk = self._recon(params, x_bd, self.k)
+        # top-k comes back sorted, so with multi-TopK one encoder pass at 4k serves both terms
+        k_enc = min(4 * self.k, self.d_sae) if self.multi_topk else self.k
+        vals_all, idx_all = encode_topk_relu(self, params, x_bd, k_enc)
+        vals_bk, idx_bk = vals_all[:, : self.k], idx_all[:, : self.k]
+        yhat_bo = self._recon(params, x_bd, vals_bk, idx_bk)
         rec = sse_mean(y_bo - yhat_bo)
         aux = aux_k_loss(self, params, x_bd, y_bo - yhat_bo, ctx.dead_f, self.aux_k)
         loss = rec + self.aux_alpha * aux
         l0 = jnp.mean(jnp.sum(vals_bk > 0, axis=-1).astype(jnp.float32))
         metrics = {**base_metrics(y_bo, yhat_bo, l0), "loss_rec": rec, "loss_aux": aux}
         if self.multi_topk:
-            k4 = min(4 * self.k, self.d_sae)
-            yhat4_bo, _, _ = self._recon(params, x_bd, k4)
+            yhat4_bo = self._recon(params, x_bd, vals_all, idx_all)
             rec4 = sse_mean(y_bo - yhat4_bo)
             loss = loss + rec4 / 8
             metrics["loss_rec_4k"] = rec4

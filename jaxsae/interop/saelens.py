@@ -4,7 +4,8 @@
 `load(path)` reads SAELens directories (standard, topk, batchtopk, jumprelu, gated and the
 transcoder variants) into a jaxsae `SAE` with `encode(x)` / `decode(f)`.
 
-Conventions: `W_skip` is [d_out, d_in] on disk (SAELens), [d_in, d_out] in jaxsae; weights are written for raw activations (input scaling already folded in, so
+Conventions: `W_skip` is [d_out, d_in] on disk (SAELens), [d_in, d_out] in jaxsae; weights are
+written for raw activations (input scaling already folded in, so
 `normalize_activations="none"`); JumpReLU stores `threshold` (not log); BatchTopK/Matryoshka are
 saved as JumpReLU with their global threshold, as SAELens does.
 """

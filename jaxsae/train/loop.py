@@ -178,18 +178,18 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",
                             dead=f"{last['dead_fraction']:.2f}", tok_s=f"{tok_s:.0f}")
 
-    for step in range(start, sched.total_steps):
-        x, y = source.batch(step)
-        with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
+    with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
+        for step in range(start, sched.total_steps):
+            x, y = source.batch(step)
             state, m = step_fn(state, jax.device_put(np.asarray(x, np.float32), x_sh),
                                jax.device_put(np.asarray(y, np.float32), y_sh))
-        pending.append((step, m))
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == sched.total_steps:
-            flush(done)
-        if done % cfg.train.checkpoint_every == 0 or done == sched.total_steps:
-            ckpt.save(done, state, manifest)
-        bar.update(1)
+            pending.append((step, m))
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == sched.total_steps:
+                flush(done)
+            if done % cfg.train.checkpoint_every == 0 or done == sched.total_steps:
+                ckpt.save(done, state, manifest)
+            bar.update(1)
     if pending:
         flush(sched.total_steps)
     bar.close()
