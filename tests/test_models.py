@@ -173,3 +173,36 @@ def test_forward_on_eight_devices_equals_one(tmp_path):
     assert params["transformer/embedder.embeddings"].sharding.spec[0] is None
     tokens = jax.device_put(np.asarray(TOKENS, np.int32), sharding.named(mesh, (axes.BATCH, axes.SEQ)))
     np.testing.assert_allclose(np.asarray(placed(tokens)), np.asarray(lm(TOKENS)), rtol=1e-5, atol=1e-5)
+
+
+def test_load_onto_a_mesh_places_each_tensor_in_shards_as_it_reads(tmp_path):
+    """`load(path, mesh=...)` puts every tensor straight into its shards (bf16 file, f32 model):
+    the same shardings as placing afterwards, and the same logits as the 1-device load."""
+    import jax
+    from penzai import pz
+
+    from jaxsae import sharding
+
+    hf = _save_tiny(tmp_path, "llama", num_key_value_heads=4)
+    hf.to(torch.bfloat16).save_pretrained(str(tmp_path))
+    from jaxsae.models.checkpoint_files import read_tensors
+
+    mapped = read_tensors(str(tmp_path))
+    embed = mapped["model.embed_tokens.weight"]  # a read-only view of the file, not a loaded copy
+    assert isinstance(embed, np.memmap) and not embed.flags.writeable and embed.dtype == "bfloat16"
+    mesh = sharding.make_mesh(2, 4)
+    lm = models.load(str(tmp_path))
+    direct = models.load(str(tmp_path), mesh=mesh)
+    after = models.place(lm, mesh)
+
+    def shardings(m):
+        return {p.label: (p.value.data_array.sharding.spec, p.value.dtype)
+                for p in pz.select(m.model).at_instances_of(pz.Parameter).get_sequence()}
+
+    assert shardings(direct) == shardings(after)
+    spec, dtype = shardings(direct)["transformer/block_0/mlp/gating_linear.weights"]
+    assert spec[0] == "model" and dtype == np.float32
+    want = _logits(hf.float(), TOKENS)
+    np.testing.assert_allclose(np.asarray(direct(TOKENS)), np.asarray(lm(TOKENS)), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(direct(TOKENS)) - want).max() / np.abs(want).max() <= 1e-4
+    assert jax.device_count() == 8

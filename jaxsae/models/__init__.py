@@ -16,9 +16,11 @@ from penzai import pz
 
 from jaxsae.models import gemma, llama
 from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
+from jaxsae.models.placement import Placer, sharding_for
 from jaxsae.models.tokenizer import Tokenizer, load_tokenizer
 
-SUPPORTED = llama.MODEL_TYPES + gemma.MODEL_TYPES
+FAMILIES = (llama, gemma)
+SUPPORTED = tuple(t for f in FAMILIES for t in f.MODEL_TYPES)
 __all__ = ["SUPPORTED", "CheckpointFormatError", "LanguageModel", "Tokenizer", "load", "load_tokenizer"]
 
 
@@ -46,13 +48,11 @@ def _logits(model: pz.nn.Layer, tokens: jax.Array) -> jax.Array:
 def place(model: LanguageModel, mesh) -> LanguageModel:
     """The model with every parameter sharded over `mesh` by its axis names (vocabulary, MLP
     neurons and heads over the `model` axis via jaxsae.sharding.RULES; a mesh axis that does not
-    divide a dimension is dropped for it). Parameters go from host memory straight to their shards."""
-    from jaxsae import axes, sharding
+    divide a dimension is dropped for it). `load(path, mesh=mesh)` does this while reading."""
 
     def put(param):
         value = param.value
-        logical = tuple(axes.PENZAI.get(n) for n in value.named_axes)
-        sh = sharding.fit_shardings(mesh, logical, jax.ShapeDtypeStruct(value.data_array.shape, value.dtype))
+        sh = sharding_for(mesh, value.named_axes, value.data_array.shape, value.dtype)
         return pz.Parameter(value=dataclasses.replace(value, data_array=jax.device_put(value.data_array, sh)),
                             label=param.label)
 
@@ -60,19 +60,19 @@ def place(model: LanguageModel, mesh) -> LanguageModel:
     return dataclasses.replace(model, model=placed)
 
 
-def load(path: str, dtype=jnp.float32) -> LanguageModel:
+def load(path: str, dtype=jnp.float32, mesh=None) -> LanguageModel:
     """Load an HF-format model directory (config.json + safetensors shards) or a .gguf file,
-    without torch."""
+    without torch. Weights are cast to `dtype`; with a `mesh`, each tensor goes from the file
+    straight to its shards (see placement.py), never whole onto one device."""
+    put = Placer(dtype, mesh)
     if str(path).endswith(".gguf"):
         from jaxsae.models import gguf_file
 
         cfg, tensors = gguf_file.read(str(path))
-        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
-        return LanguageModel(llama.build(cfg, tensors, dtype), cfg)
+        return LanguageModel(llama.build(cfg, tensors, put), cfg)
     cfg = read_config(path)
     kind = cfg.get("model_type")
     if kind not in SUPPORTED:
         raise CheckpointFormatError(f"{path}: model_type {kind!r} is not supported; supported: {', '.join(SUPPORTED)}")
-    tensors = read_tensors(path, dtype)
-    family = gemma if kind in gemma.MODEL_TYPES else llama
-    return LanguageModel(family.build(cfg, tensors, dtype), cfg)
+    family = next(f for f in FAMILIES if kind in f.MODEL_TYPES)
+    return LanguageModel(family.build(cfg, read_tensors(path), put), cfg)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
-import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
 
 class CheckpointFormatError(ValueError):
@@ -44,14 +44,41 @@ def shard_files(path: str) -> list[str]:
                                 f"{sorted(os.listdir(path))}. PyTorch .bin checkpoints are not read (they need torch).")
 
 
-def read_tensors(path: str, dtype=jnp.float32) -> dict[str, np.ndarray]:
-    """name -> array (float32 unless `dtype` says otherwise) for every tensor in every shard."""
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _map_file(file: str) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as a read-only memory-mapped NumPy view (nothing is
+    read until a slice of it is used). The format: an 8-byte little-endian header length, a JSON
+    header {name: {dtype, shape, data_offsets}}, then the raw bytes."""
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > os.path.getsize(file) - 8:
+                raise ValueError(f"header length {n} runs past the end of the file")
+            header = json.loads(f.read(n))
+        data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + n) if os.path.getsize(file) > 8 + n else None
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            raw = data[begin:end] if end > begin else np.zeros(0, np.uint8)
+            out[name] = raw.view(dtype).reshape(info["shape"])
+        return out
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointFormatError(f"{file}: unreadable safetensors file ({type(e).__name__}: {e})") from e
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """name -> memory-mapped array (stored dtype) for every tensor in every shard. Casting and
+    placement happen per tensor as the model is bound (see placement.py), so a model is never
+    held whole in one device's memory, nor twice in host memory."""
     out: dict[str, np.ndarray] = {}
     for file in shard_files(path):
-        try:
-            with safe_open(file, framework="flax") as f:  # jax arrays: bf16 included
-                for name in f.keys():
-                    out[name] = np.asarray(f.get_tensor(name).astype(dtype))
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
-            raise CheckpointFormatError(f"{file}: unreadable safetensors file ({type(e).__name__}: {e})") from e
+        out.update(_map_file(file))
     return out

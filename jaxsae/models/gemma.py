@@ -50,6 +50,6 @@ def penzai_config(cfg: dict, dtype) -> ll.LlamalikeTransformerConfig:
     )
 
 
-def build(cfg: dict, tensors, dtype):
-    return llama.build(cfg, tensors, dtype, pc=penzai_config(cfg, dtype), norms=NORMS[cfg["model_type"]],
+def build(cfg: dict, tensors, put):
+    return llama.build(cfg, tensors, put, pc=penzai_config(cfg, put.dtype), norms=NORMS[cfg["model_type"]],
                        norm_offset=1.0)

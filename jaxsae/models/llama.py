@@ -13,6 +13,7 @@ from penzai import pz
 from penzai.models.transformer.variants import llamalike_common as ll
 
 from jaxsae.models.checkpoint_files import CheckpointFormatError
+from jaxsae.models.placement import Placer
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 _QKV = {"q": "query", "k": "key", "v": "value"}
@@ -49,8 +50,9 @@ def penzai_config(cfg: dict, dtype) -> ll.LlamalikeTransformerConfig:
     )
 
 
-def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.nx.NamedArray:
-    """Reshape an HF projection matrix (or, with a 1-D array, its bias) to Penzai's named heads."""
+def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """An HF projection matrix (or, with a 1-D array, its bias) reshaped to Penzai's named heads:
+    (array, axis names)."""
     g, m, h, d = pc.num_kv_heads, pc.query_head_multiplier, pc.projection_dim, pc.embedding_dim
     if kind == "o":
         arr = arr.reshape(d, -1)
@@ -60,24 +62,25 @@ def _heads(pc: ll.LlamalikeTransformerConfig, arr: np.ndarray, kind: str) -> pz.
         heads = (("query_heads", m),) if kind in ("q", "o") else ()
     else:  # grouped-query
         heads = (("head_groups", g), ("query_heads", m)) if kind in ("q", "o") else (("head_groups", g),)
-    names = [n for n, _ in heads]
+    names = tuple(n for n, _ in heads)
     sizes = [s for _, s in heads]
     if kind == "o":
-        return pz.nx.wrap(arr.reshape(d, *sizes, h)).tag("embedding", *names, "projection")
+        return arr.reshape(d, *sizes, h), ("embedding", *names, "projection")
     if arr.ndim == 1:
-        return pz.nx.wrap(arr.reshape(*sizes, h)).tag(*names, "projection")
-    return pz.nx.wrap(arr.reshape(*sizes, h, d)).tag(*names, "projection", "embedding")
+        return arr.reshape(*sizes, h), (*names, "projection")
+    return arr.reshape(*sizes, h, d), (*names, "projection", "embedding")
 
 
 # Penzai norm name -> HF norm name, per family ("post_attention_layernorm" means different things)
 LLAMA_NORMS = {"pre_attention_norm": "input_layernorm", "pre_ffw_norm": "post_attention_layernorm"}
 
 
-def build(cfg: dict, tensors: dict[str, np.ndarray], dtype, pc: ll.LlamalikeTransformerConfig | None = None,
+def build(cfg: dict, tensors: dict[str, np.ndarray], put: Placer, pc: ll.LlamalikeTransformerConfig | None = None,
           norms: dict[str, str] = LLAMA_NORMS, norm_offset: float = 0.0) -> pz.nn.Layer:
-    """Bind HF tensors to a Penzai llamalike transformer. `norms` maps Penzai's per-block norm
-    names to HF's; `norm_offset` is added to every norm scale (Gemma stores scale - 1)."""
-    pc = pc or penzai_config(cfg, dtype)
+    """Bind HF tensors to a Penzai llamalike transformer, each placed by `put` (see placement.py).
+    `norms` maps Penzai's per-block norm names to HF's; `norm_offset` is added to every norm
+    scale (Gemma stores scale - 1)."""
+    pc = pc or penzai_config(cfg, put.dtype)
     model_def = ll.build_llamalike_transformer(pc, init_base_rng=None, name="transformer")
 
     def t(name: str) -> np.ndarray:
@@ -87,10 +90,14 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype, pc: ll.LlamalikeTran
         return tensors[name]
 
     def wrap(name: str, *axes: str) -> pz.nx.NamedArray:
-        return pz.nx.wrap(t(name)).tag(*axes)
+        return put(t(name), *axes)
+
+    def heads(name: str, kind: str) -> pz.nx.NamedArray:
+        arr, names = _heads(pc, t(name), kind)
+        return put(arr, *names)
 
     def norm(name: str) -> pz.nx.NamedArray:
-        return pz.nx.wrap(t(name) + np.asarray(norm_offset, t(name).dtype)).tag("embedding")
+        return put(np.asarray(t(name), np.float32) + np.float32(norm_offset), "embedding")
 
     embed = wrap("model.embed_tokens.weight", "vocabulary", "embedding")
     params = {"embedder.embeddings": embed, "final_norm/scale.weights": norm("model.norm.weight")}
@@ -104,20 +111,20 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], dtype, pc: ll.LlamalikeTran
             "mlp/gating_linear.weights": wrap(p + "mlp.gate_proj.weight", "neurons", "embedding"),
             "mlp/value_linear.weights": wrap(p + "mlp.up_proj.weight", "neurons", "embedding"),
             "mlp/out_linear.weights": wrap(p + "mlp.down_proj.weight", "embedding", "neurons"),
-            "attention/query.weights": _heads(pc, t(p + "self_attn.q_proj.weight"), "q"),
-            "attention/key.weights": _heads(pc, t(p + "self_attn.k_proj.weight"), "k"),
-            "attention/value.weights": _heads(pc, t(p + "self_attn.v_proj.weight"), "v"),
-            "attention/output.weights": _heads(pc, t(p + "self_attn.o_proj.weight"), "o"),
+            "attention/query.weights": heads(p + "self_attn.q_proj.weight", "q"),
+            "attention/key.weights": heads(p + "self_attn.k_proj.weight", "k"),
+            "attention/value.weights": heads(p + "self_attn.v_proj.weight", "v"),
+            "attention/output.weights": heads(p + "self_attn.o_proj.weight", "o"),
         })
         params.update({f"block_{i}/{k}": v for k, v in block.items()})
     model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=f"transformer/{k}") for k, v in params.items()])
     pz.nn.assert_no_parameter_slots(model)
     if any(k.endswith("self_attn.q_proj.bias") for k in tensors):
-        model = _add_qkv_biases(model, pc, t)
+        model = _add_qkv_biases(model, heads)
     return model
 
 
-def _add_qkv_biases(model, pc: ll.LlamalikeTransformerConfig, t):
+def _add_qkv_biases(model, heads):
     """Insert AddBias after every q/k/v projection (Qwen2), reading HF's *_proj.bias tensors."""
     suffix = {f"attention/{name}.weights": kind for kind, name in _QKV.items()}
 
@@ -126,7 +133,7 @@ def _add_qkv_biases(model, pc: ll.LlamalikeTransformerConfig, t):
         block, rest = label.split("/", 2)[1], label.split("/", 2)[2]
         i = int(block.removeprefix("block_"))
         kind = suffix[rest]
-        bias = _heads(pc, t(f"model.layers.{i}.self_attn.{kind}_proj.bias"), kind)
+        bias = heads(f"model.layers.{i}.self_attn.{kind}_proj.bias", kind)
         add = pz.nn.AddBias(bias=pz.Parameter(value=bias, label=label[:-8] + ".bias"), new_axis_names=())
         return pz.nn.Sequential([linear, add])
 
