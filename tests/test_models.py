@@ -18,7 +18,8 @@ VOCAB = 97
 def _save_tiny(tmp_path, kind="llama", shard=None, **extra):
     torch.manual_seed(0)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
-           "gemma": transformers.GemmaConfig, "gemma2": transformers.Gemma2Config}[kind]
+           "gemma": transformers.GemmaConfig, "gemma2": transformers.Gemma2Config,
+           "gemma3_text": transformers.Gemma3TextConfig}[kind]
     cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
               rms_norm_eps=1e-5, attn_implementation="eager", **extra)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
@@ -48,6 +49,11 @@ CASES = {
     "gemma2_softcap_local_global": ("gemma2", {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4,
                                                "query_pre_attn_scalar": 24, "final_logit_softcapping": 0.3,
                                                "attn_logit_softcapping": 0.05}),  # caps that bite
+    "gemma3_qk_norm_local_global_rope": ("gemma3_text", {
+        "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 24,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}}),
 }
 
 
