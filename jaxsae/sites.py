@@ -6,6 +6,11 @@
   blocks.{L}.hook_attn_out       attention output (before it is added to the residual)
   blocks.{L}.hook_mlp_out        MLP output (before it is added to the residual)
   blocks.{L}.ln2.hook_normalized the MLP's normalised input
+  blocks.{L}.attn.hook_z         per-head attention output before the output projection,
+                                 [batch, seq, heads, head_dim] (grouped heads flattened group-major)
+
+Blocks with two residual sublayers (Llama, Gemma, GPT-2, sequential GPT-NeoX) have every site;
+parallel-residual blocks (Pythia: y = x + attn(ln1 x) + mlp(ln2 x)) have all but hook_resid_mid.
 
 `with_taps(lm, sites)` returns a copy of the model with a `Tap` layer at each site; `splice*`
 replace a site's value (a dictionary's reconstruction with or without its error term, zero- or
@@ -25,8 +30,9 @@ import jax.numpy as jnp
 from penzai import pz
 from penzai.models.transformer import model_parts
 
-_SITE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|ln2\.hook_normalized)$")
-KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln2.hook_normalized")
+KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln2.hook_normalized",
+         "attn.hook_z")
+_SITE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in KINDS) + ")$")
 
 
 def parse(site: str) -> tuple[int, str]:
@@ -56,28 +62,59 @@ def _blocks(lm) -> list:
     return pz.select(lm).at_instances_of(model_parts.TransformerBlock).get_sequence()
 
 
-def _insert(block, layers: dict[str, pz.nn.Layer]):
-    """Block L with `layers[kind]` placed at each named site (pure: returns a new block). Layers
-    already inserted at a site stay first, so a tap added after a splice sees the spliced value."""
-    seq = list(block.sublayers)
-    attn_i, ffw_i = [i for i, x in enumerate(seq) if isinstance(x, pz.nn.Residual)]
-    attn, ffw = seq[attn_i], seq[ffw_i]
+def _after_leading_hooks(parts: list, at: int) -> int:
+    """The index after any Taps/Splices already inserted at `at` (so a tap added after a splice
+    sees the spliced value)."""
+    while at < len(parts) and isinstance(parts[at], (Tap, Splice)):
+        at += 1
+    return at
+
+
+def _attention_path(path, layers: dict[str, pz.nn.Layer]):
+    """The attention sublayer path with hook_z (inside the attention) and hook_attn_out (at its end)."""
+    if "attn.hook_z" in layers:
+        def with_z(attn):
+            parts = list(attn.attn_value_to_output.sublayers)  # [weights x values einsum, output projection]
+            parts.insert(_after_leading_hooks(parts, 1), layers["attn.hook_z"])
+            return dataclasses.replace(attn, attn_value_to_output=pz.nn.Sequential(parts))
+
+        path = pz.select(path).at_instances_of(pz.nn.Attention).apply(with_z)
     if "hook_attn_out" in layers:
-        attn = dataclasses.replace(attn, delta=pz.nn.Sequential([attn.delta, layers["hook_attn_out"]]))
-    if "ln2.hook_normalized" in layers or "hook_mlp_out" in layers:
-        parts = list(ffw.delta.sublayers)
-        if "ln2.hook_normalized" in layers:
-            at = 1
-            while isinstance(parts[at], (Tap, Splice)):
-                at += 1
-            parts.insert(at, layers["ln2.hook_normalized"])
-        if "hook_mlp_out" in layers:
-            parts.append(layers["hook_mlp_out"])
-        ffw = dataclasses.replace(ffw, delta=pz.nn.Sequential(parts))
-    out = seq[:attn_i] + ([layers["hook_resid_pre"]] if "hook_resid_pre" in layers else []) + [attn]
-    out += seq[attn_i + 1 : ffw_i] + ([layers["hook_resid_mid"]] if "hook_resid_mid" in layers else []) + [ffw]
-    out += seq[ffw_i + 1 :] + ([layers["hook_resid_post"]] if "hook_resid_post" in layers else [])
-    return model_parts.TransformerBlock(sublayers=out)
+        path = pz.nn.Sequential([path, layers["hook_attn_out"]])
+    return path
+
+
+def _mlp_path(path, layers: dict[str, pz.nn.Layer]):
+    """The MLP sublayer path [norm, mlp, ...] with ln2.hook_normalized and hook_mlp_out."""
+    parts = list(path.sublayers)
+    if "ln2.hook_normalized" in layers:
+        parts.insert(_after_leading_hooks(parts, 1), layers["ln2.hook_normalized"])
+    if "hook_mlp_out" in layers:
+        parts.append(layers["hook_mlp_out"])
+    return pz.nn.Sequential(parts)
+
+
+def _insert(block, layers: dict[str, pz.nn.Layer]):
+    """Block L with `layers[kind]` placed at each named site (pure: returns a new block)."""
+    seq = list(block.sublayers)
+    pre = [layers["hook_resid_pre"]] if "hook_resid_pre" in layers else []
+    post = [layers["hook_resid_post"]] if "hook_resid_post" in layers else []
+    residual = [i for i, x in enumerate(seq) if isinstance(x, pz.nn.Residual)]
+    if len(residual) == 2:
+        (attn_i, ffw_i), (attn, ffw) = residual, (seq[residual[0]], seq[residual[1]])
+        attn = dataclasses.replace(attn, delta=_attention_path(attn.delta, layers))
+        ffw = dataclasses.replace(ffw, delta=_mlp_path(ffw.delta, layers))
+        mid = [layers["hook_resid_mid"]] if "hook_resid_mid" in layers else []
+        out = seq[:attn_i] + pre + [attn] + seq[attn_i + 1 : ffw_i] + mid + [ffw] + seq[ffw_i + 1 :] + post
+        return model_parts.TransformerBlock(sublayers=out)
+    if len(seq) == 1 and isinstance(seq[0], pz.nn.BranchAndAddTogether) and len(seq[0].branches) == 3:
+        if "hook_resid_mid" in layers:
+            raise ValueError("hook_resid_mid does not exist in a parallel-residual block (attention and MLP both "
+                             "read hook_resid_pre); use hook_resid_pre, hook_attn_out, hook_mlp_out or hook_resid_post")
+        skip, attn, ffw = seq[0].branches
+        branch = pz.nn.BranchAndAddTogether([skip, _attention_path(attn, layers), _mlp_path(ffw, layers)])
+        return model_parts.TransformerBlock(sublayers=pre + [branch] + post)
+    raise ValueError(f"hook sites do not know this block layout: {[type(x).__name__ for x in seq]}")
 
 
 def _rewrite(lm, layers_at: dict[str, pz.nn.Layer]):
@@ -124,18 +161,31 @@ def truncate(lm, last_block: int):
     return dataclasses.replace(lm, body=pz.nn.Sequential(body.sublayers[: block_pos[last_block] + 1]))
 
 
+def _positional(value: pz.nx.NamedArray) -> tuple[jax.Array, tuple[str, ...], tuple[int, ...]]:
+    """Named site value -> (array [batch, seq, d] or, for attention heads, [batch, seq, heads,
+    head_dim] with grouped head axes flattened), its axis order, and the unflattened shape."""
+    lead = [n for n in ("batch", "seq") if n in value.named_shape]
+    rest = [n for n in value.named_shape if n not in lead and n != "projection"]
+    names = (*lead, *rest, *(["projection"] if "projection" in value.named_shape else []))
+    array = value.untag(*names).unwrap()
+    if "projection" in names and len(rest) != 1:  # [.., head_groups, query_heads, p] -> [.., heads, p]
+        return array.reshape(*array.shape[: len(lead)], -1, array.shape[-1]), names, array.shape
+    return array, names, array.shape
+
+
 @pz.pytree_dataclass
 class Splice(pz.nn.Layer):
-    """Replaces the value at a site by fn(value) on plain [batch, seq, d] arrays. `fn` is static;
-    `payload` (a pytree, e.g. an SAE) is passed as fn's second argument so its arrays stay leaves."""
+    """Replaces the value at a site by fn(value) on plain arrays ([batch, seq, d]; hook_z sites
+    [batch, seq, heads, head_dim]). `fn` is static; `payload` (a pytree, e.g. an SAE) is passed as
+    fn's second argument so its arrays stay leaves."""
 
     payload: Any
     fn: Any = dataclasses.field(metadata={"pytree_node": False})
 
     def __call__(self, value: Any, /, **_side_inputs) -> Any:
-        names = ("batch", "seq", "embedding")
-        out = self.fn(value.untag(*names).unwrap(), self.payload)
-        return pz.nx.wrap(out.astype(value.dtype)).tag(*names)
+        array, names, shape = _positional(value)
+        out = self.fn(array, self.payload)
+        return pz.nx.wrap(out.astype(value.dtype).reshape(shape)).tag(*names)
 
 
 @_on_penzai
@@ -188,7 +238,5 @@ def _call(model, tokens):
 
 
 def _to_array(value) -> jax.Array:
-    """Named [batch, seq, ...] -> positional, batch and seq first."""
-    lead = [n for n in ("batch", "seq") if n in value.named_shape]
-    rest = [n for n in value.named_shape if n not in lead]
-    return value.untag(*lead, *rest).unwrap()
+    """Named [batch, seq, ...] -> positional, batch and seq first (see _positional)."""
+    return _positional(value)[0]

@@ -12,49 +12,7 @@ import transformers
 from jaxsae import models
 from jaxsae.models.checkpoint_files import CheckpointFormatError
 
-VOCAB = 97
-
-
-def _save_tiny(tmp_path, kind="llama", shard=None, **extra):
-    torch.manual_seed(0)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
-           "gemma": transformers.GemmaConfig, "gemma2": transformers.Gemma2Config,
-           "gemma3_text": transformers.Gemma3TextConfig}[kind]
-    cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              rms_norm_eps=1e-5, attn_implementation="eager", **extra)
-    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # norms away from 1 so their mapping matters
-        for name, p in hf.named_parameters():
-            if "norm" in name or name.endswith("bias"):  # biases start at 0: make them matter
-                p.add_(0.1 * torch.randn_like(p))
-    kw = {"max_shard_size": shard} if shard else {}
-    hf.save_pretrained(str(tmp_path), **kw)
-    return hf
-
-
-def _logits(hf, tokens):
-    with torch.no_grad():
-        return hf(torch.from_numpy(tokens)).logits.numpy()
-
-
-TOKENS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 13))
-CASES = {
-    "llama_gqa": ("llama", {"num_key_value_heads": 2}),
-    "llama_mha": ("llama", {"num_key_value_heads": 4}),
-    "llama_mqa": ("llama", {"num_key_value_heads": 1}),
-    "smollm2_tied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 100000.0}),
-    "mistral_sliding_window": ("mistral", {"num_key_value_heads": 2, "sliding_window": 5}),
-    "qwen2_qkv_bias": ("qwen2", {"num_key_value_heads": 2}),
-    "gemma1": ("gemma", {"num_key_value_heads": 1, "head_dim": 16}),
-    "gemma2_softcap_local_global": ("gemma2", {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4,
-                                               "query_pre_attn_scalar": 24, "final_logit_softcapping": 0.3,
-                                               "attn_logit_softcapping": 0.05}),  # caps that bite
-    "gemma3_qk_norm_local_global_rope": ("gemma3_text", {
-        "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4, "query_pre_attn_scalar": 24,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
-                            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}}),
-}
+from tiny_models import CASES, TOKENS, VOCAB, hf_logits as _logits, save_tiny as _save_tiny
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -142,21 +100,6 @@ def test_packaged_model_missing_names_the_install(monkeypatch):
         packaged.smollm2_path()
 
 
-def test_gemma2_residual_sites_match_transformers(tmp_path):
-    """Sites on a model with post-norms: resid_post of each block equals HF's hidden state."""
-    from jaxsae import sites
-
-    hf = _save_tiny(tmp_path, "gemma2", **CASES["gemma2_softcap_local_global"][1])
-    lm = models.load(str(tmp_path))
-    with torch.no_grad():
-        hs = hf(torch.from_numpy(TOKENS), output_hidden_states=True).hidden_states
-    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
-    _, cache = sites.run_with_cache(lm, TOKENS, names)
-    for name, want in zip(names, (hs[0], hs[1])):
-        want = want.numpy()
-        assert np.abs(np.asarray(cache[name]) - want).max() / np.abs(want).max() <= 1e-4, name
-
-
 def test_forward_on_eight_devices_equals_one(tmp_path):
     """Parameters sharded over a 2 x 4 mesh by their axis names (vocabulary, neurons and heads
     over `model`), tokens over `data`: the same logits as on one device."""
@@ -212,3 +155,16 @@ def test_load_onto_a_mesh_places_each_tensor_in_shards_as_it_reads(tmp_path):
     np.testing.assert_allclose(np.asarray(direct(TOKENS)), np.asarray(lm(TOKENS)), rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(direct(TOKENS)) - want).max() / np.abs(want).max() <= 1e-4
     assert jax.device_count() == 8
+
+
+def test_gpt2_hub_layout_without_the_transformer_prefix(tmp_path):
+    """The original GPT-2 files on the hub name tensors `h.0.attn...`, not `transformer.h.0...`."""
+    from safetensors.numpy import load_file, save_file
+
+    hf = _save_tiny(tmp_path, "gpt2")
+    t = load_file(tmp_path / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in t.items()}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    want = _logits(hf, TOKENS)
+    got = np.asarray(models.load(str(tmp_path))(TOKENS))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4

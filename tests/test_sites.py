@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from jaxsae import models, sites
+from tiny_models import CASES, hf_sites, save_tiny
 
 VOCAB = 97
 TOKENS = np.random.default_rng(1).integers(0, VOCAB, size=(2, 9))
@@ -24,19 +25,29 @@ def tiny(tmp_path_factory):
 
 
 def _hf_sites(hf, layer):
-    caps = {}
-    blk = hf.model.layers[layer]
-    hooks = [blk.register_forward_pre_hook(lambda m, a: caps.__setitem__("pre", a[0])),
-             blk.self_attn.register_forward_hook(lambda m, i, o: caps.__setitem__("attn", o[0])),
-             blk.mlp.register_forward_hook(lambda m, i, o: caps.update(mlp=o, mlp_in=i[0])),
-             blk.register_forward_hook(lambda m, i, o: caps.__setitem__("post", o[0] if isinstance(o, tuple) else o))]
-    with torch.no_grad():
-        logits = hf(torch.from_numpy(TOKENS)).logits.numpy()
-    for h in hooks:
-        h.remove()
-    want = {"hook_resid_pre": caps["pre"], "hook_attn_out": caps["attn"], "hook_resid_mid": caps["pre"] + caps["attn"],
-            "ln2.hook_normalized": caps["mlp_in"], "hook_mlp_out": caps["mlp"], "hook_resid_post": caps["post"]}
-    return logits, {f"blocks.{layer}.{k}": v.numpy() for k, v in want.items()}
+    return hf_sites(hf, "llama", layer, TOKENS)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_family_every_site_matches_transformers(case, tmp_path):
+    """Every site of every block (resid pre/mid/post, attention and MLP outputs, the MLP's
+    normalised input, per-head z) equals transformers' value, one forward for all of them."""
+    kind, extra = CASES[case]
+    hf = save_tiny(tmp_path, kind, **extra)
+    lm = models.load(str(tmp_path))
+    parallel = kind == "gpt_neox" and extra.get("use_parallel_residual", True)
+    for layer in (0, 1):
+        want_logits, want = hf_sites(hf, kind, layer, TOKENS, parallel)
+        logits, cache = sites.run_with_cache(lm, TOKENS, list(want))
+        for name, w in want.items():
+            got = np.asarray(cache[name])
+            assert got.shape == w.shape, (name, got.shape, w.shape)
+            rel = np.abs(got - w).max() / np.abs(w).max()
+            assert rel <= 1e-4, (case, name, rel)
+        assert np.abs(np.asarray(logits) - want_logits).max() / np.abs(want_logits).max() <= 1e-4
+    if parallel:
+        with pytest.raises(ValueError, match="hook_resid_mid does not exist in a parallel-residual block"):
+            sites.run_with_cache(lm, TOKENS, ["blocks.0.hook_resid_mid"])
 
 
 @pytest.mark.parametrize("layer", [0, 2])
@@ -115,3 +126,20 @@ def test_truncated_model_gives_the_same_site_values(tiny):
     cut = sites.truncate(lm, 1)
     n_blocks = sum(isinstance(x, model_parts.TransformerBlock) for x in cut.model.body.sublayers)
     assert n_blocks == 2 and len(cut.model.body.sublayers) == 3  # embedding + 2 blocks
+
+
+def test_hook_z_splices_per_head(tiny):
+    """hook_z arrives as [batch, seq, heads, head_dim]; an identity splice changes nothing, and
+    ablating one head's z removes exactly its share of the attention output."""
+    _, lm = tiny
+    base = np.asarray(lm(TOKENS))
+    same = sites.splice(lm, "blocks.1.attn.hook_z", lambda z, _: z)
+    np.testing.assert_allclose(np.asarray(same(TOKENS)), base, rtol=1e-6, atol=1e-6)
+    _, cache = sites.run_with_cache(lm, TOKENS, ["blocks.1.attn.hook_z", "blocks.1.hook_attn_out"])
+    z, out = np.asarray(cache["blocks.1.attn.hook_z"]), np.asarray(cache["blocks.1.hook_attn_out"])
+    assert z.shape == (2, 9, 4, 8)
+    ablated = sites.splice(lm, "blocks.1.attn.hook_z", lambda z, _: z.at[:, :, 2].set(0.0))
+    _, cut = sites.run_with_cache(ablated, TOKENS, ["blocks.1.hook_attn_out"])
+    w_o = np.asarray(tiny[0].model.layers[1].self_attn.o_proj.weight.detach())  # [d, heads * head_dim]
+    head2 = z[:, :, 2] @ w_o[:, 16:24].T
+    np.testing.assert_allclose(np.asarray(cut["blocks.1.hook_attn_out"]), out - head2, rtol=1e-4, atol=1e-5)

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 from penzai import pz
 
-from jaxsae.models import gemma, llama
+from jaxsae.models import gemma, gpt2, gpt_neox, llama
 from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
 from jaxsae.models.placement import Placer, sharding_for
 from jaxsae.models.tokenizer import Tokenizer, load_tokenizer
 
-FAMILIES = (llama, gemma)
+FAMILIES = (llama, gemma, gpt_neox, gpt2)
 SUPPORTED = tuple(t for f in FAMILIES for t in f.MODEL_TYPES)
 __all__ = ["SUPPORTED", "CheckpointFormatError", "LanguageModel", "Tokenizer", "load", "load_tokenizer"]
 

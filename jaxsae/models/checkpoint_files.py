@@ -82,3 +82,10 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     for file in shard_files(path):
         out.update(_map_file(file))
     return out
+
+
+def require(tensors: dict, name: str):
+    """tensors[name], or an error naming the missing tensor and what the checkpoint does hold."""
+    if name not in tensors:
+        raise CheckpointFormatError(f"missing tensor {name!r} (found {len(tensors)} tensors, e.g. {sorted(tensors)[:4]})")
+    return tensors[name]

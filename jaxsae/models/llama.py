@@ -12,8 +12,8 @@ import numpy as np
 from penzai import pz
 from penzai.models.transformer.variants import llamalike_common as ll
 
-from jaxsae.models.checkpoint_files import CheckpointFormatError
-from jaxsae.models.placement import Placer
+from jaxsae.models.checkpoint_files import CheckpointFormatError, require
+from jaxsae.models.placement import Placer, bind
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 _QKV = {"q": "query", "k": "key", "v": "value"}
@@ -84,10 +84,7 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], put: Placer, pc: ll.Llamali
     model_def = ll.build_llamalike_transformer(pc, init_base_rng=None, name="transformer")
 
     def t(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise CheckpointFormatError(f"missing tensor {name!r} (found {len(tensors)} tensors, e.g. "
-                                        f"{sorted(tensors)[:4]})")
-        return tensors[name]
+        return require(tensors, name)
 
     def wrap(name: str, *axes: str) -> pz.nx.NamedArray:
         return put(t(name), *axes)
@@ -117,8 +114,7 @@ def build(cfg: dict, tensors: dict[str, np.ndarray], put: Placer, pc: ll.Llamali
             "attention/output.weights": heads(p + "self_attn.o_proj.weight", "o"),
         })
         params.update({f"block_{i}/{k}": v for k, v in block.items()})
-    model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=f"transformer/{k}") for k, v in params.items()])
-    pz.nn.assert_no_parameter_slots(model)
+    model = bind(model_def, params)
     if any(k.endswith("self_attn.q_proj.bias") for k in tensors):
         model = _add_qkv_biases(model, heads)
     return model

@@ -42,3 +42,11 @@ class Placer:
             sh = sharding_for(self.mesh, names, array.shape, dtype)
             data = jax.make_array_from_callback(array.shape, sh, lambda idx: np.asarray(array[idx]).astype(dtype))
         return pz.nx.wrap(data).tag(*names)
+
+
+def bind(model_def: pz.nn.Layer, params: dict[str, pz.nx.NamedArray], prefix: str = "transformer/") -> pz.nn.Layer:
+    """Fill a Penzai model definition's parameter slots from {label without prefix: value};
+    every slot must be filled."""
+    model = pz.bind_variables(model_def, [pz.Parameter(value=v, label=prefix + k) for k, v in params.items()])
+    pz.nn.assert_no_parameter_slots(model)
+    return model
