@@ -168,3 +168,47 @@ def test_gpt2_hub_layout_without_the_transformer_prefix(tmp_path):
     want = _logits(hf, TOKENS)
     got = np.asarray(models.load(str(tmp_path))(TOKENS))
     assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("gemma", {"num_key_value_heads": 1, "head_dim": 16, "rms_norm_eps": 1e-6}),
+    ("gemma2", {"num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-6, "sliding_window": 4096,
+                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "query_pre_attn_scalar": 16}),
+])
+def test_kaggle_orbax_gemma_matches_transformers_and_penzai(kind, extra, tmp_path, monkeypatch):
+    """A Gemma checkpoint in the Kaggle/Flax orbax layout loads through `models.load(dir)` with the
+    logits transformers gives for the same weights, and Penzai's own Kaggle loader (given a preset
+    of this tiny size) reads the same directory to the same logits."""
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from penzai.models.transformer.variants import gemma as pz_gemma
+    from penzai.models.transformer.variants import llamalike_common as ll
+    from safetensors.numpy import load_file
+
+    from jaxsae.models import kaggle_gemma
+
+    hf_dir, ck_dir = tmp_path / "hf", tmp_path / "kaggle"
+    hf = _save_tiny(hf_dir, kind, **extra)
+    cfg = json.load(open(hf_dir / "config.json"))
+    flat = kaggle_gemma.from_hf(cfg, load_file(hf_dir / "model.safetensors"))
+    ocp.PyTreeCheckpointer().save(str(ck_dir), flat)
+    assert kaggle_gemma.is_checkpoint(str(ck_dir))
+
+    want = _logits(hf, TOKENS)
+    lm = models.load(str(ck_dir))
+    assert np.abs(np.asarray(lm(TOKENS)) - want).max() / np.abs(want).max() <= 1e-4
+    preset = dict(num_decoder_blocks=2, vocab_size=VOCAB, num_kv_heads=extra["num_key_value_heads"],
+                  query_head_multiplier=4 // extra["num_key_value_heads"], embedding_dim=32, projection_dim=16,
+                  mlp_hidden_dim=48)
+    if kind == "gemma2":
+        preset.update(attention_type=(ll.AttentionTypeSlidingWindowCausal(4096), ll.AttentionTypeGlobalCausal()),
+                      use_post_attn_norm=True, use_post_ffw_norm=True, final_logit_softcap=30.0,
+                      attn_logits_soft_cap=50.0)
+    monkeypatch.setitem(pz_gemma._GEMMA_PRESETS, "tiny", preset)
+    monkeypatch.setitem(pz_gemma._NEEDS_GATING_TRANSPOSE, "tiny", False)
+    theirs = pz_gemma.gemma_from_pretrained_checkpoint(kaggle_gemma.read_params(str(ck_dir)), preset_name="tiny")
+    from penzai import pz
+
+    out = theirs(pz.nx.wrap(jnp.asarray(TOKENS)).tag("batch", "seq"), token_positions=pz.nx.arange("seq", TOKENS.shape[1]))
+    np.testing.assert_allclose(np.asarray(lm(TOKENS)), np.asarray(out.untag("batch", "seq", "vocabulary").unwrap()),
+                               rtol=1e-5, atol=1e-5)

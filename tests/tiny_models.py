@@ -20,7 +20,7 @@ def save_tiny(tmp_path, kind="llama", shard=None, **extra):
     else:
         eps = {"layer_norm_eps": 1e-5} if kind == "gpt_neox" else {"rms_norm_eps": 1e-5}
         cfg = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  attn_implementation="eager", **eps, **extra)
+                  attn_implementation="eager", **{**eps, **extra})
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # norms away from 1 so their mapping matters
         for name, p in hf.named_parameters():

@@ -1,6 +1,7 @@
 """Language models as Penzai models, loaded from the formats users have.
 
-`load(path)` takes an HF-format directory (config.json + safetensors) or a .gguf file and returns
+`load(path)` takes an HF-format directory (config.json + safetensors), a .gguf file or a Gemma
+Kaggle/Flax orbax checkpoint, and returns
 a `LanguageModel` whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
 `load_tokenizer(path)` reads a .gguf file's tokenizer, a tokenizer.json or GPT-2 BPE files;
 `packaged.smollm2_path()` finds the packaged SmolLM2-135M GGUF (see DESIGN.md).
@@ -61,8 +62,8 @@ def place(model: LanguageModel, mesh) -> LanguageModel:
 
 
 def load(path: str, dtype=jnp.float32, mesh=None) -> LanguageModel:
-    """Load an HF-format model directory (config.json + safetensors shards) or a .gguf file,
-    without torch. Weights are cast to `dtype`; with a `mesh`, each tensor goes from the file
+    """Load an HF-format model directory (config.json + safetensors shards), a .gguf file, or a
+    Gemma Kaggle/Flax orbax checkpoint directory, without torch. Weights are cast to `dtype`; with a `mesh`, each tensor goes from the file
     straight to its shards (see placement.py), never whole onto one device."""
     put = Placer(dtype, mesh)
     if str(path).endswith(".gguf"):
@@ -70,6 +71,11 @@ def load(path: str, dtype=jnp.float32, mesh=None) -> LanguageModel:
 
         cfg, tensors = gguf_file.read(str(path))
         return LanguageModel(llama.build(cfg, tensors, put), cfg)
+    from jaxsae.models import kaggle_gemma
+
+    if kaggle_gemma.is_checkpoint(str(path)):  # Gemma in the Kaggle/Flax orbax format
+        cfg, tensors = kaggle_gemma.to_hf(kaggle_gemma.read_params(str(path)))
+        return LanguageModel(gemma.build(cfg, tensors, put), cfg)
     cfg = read_config(path)
     kind = cfg.get("model_type")
     if kind not in SUPPORTED:
