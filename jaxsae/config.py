@@ -19,7 +19,9 @@ _UNIONS = (typing.Union, types.UnionType)
 
 NORMALIZE = ("none", "expected_norm", "unit_msn", "auto")
 B_DEC_INIT = ("geometric_median", "mean", "zeros")
-DATA_SOURCES = ("toy", "npy")
+DATA_SOURCES = ("toy", "npy", "store", "stream")
+TEXT_KINDS = ("shakespeare", "text", "jsonl", "parquet", "hf_disk")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +68,37 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Where the text comes from (jaxsae.data.text): the packaged corpus, or a path."""
+
+    kind: str = "shakespeare"  # shakespeare | text (file/folder) | jsonl | parquet | hf_disk
+    path: str | None = None
+    field: str = "text"  # jsonl field / parquet or dataset column
+    split: str = "train"  # hf_disk DatasetDict split
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """The language model activations come from (harvest, streaming, evaluation)."""
+
+    path: str | None = None  # HF dir, .gguf or Kaggle Gemma dir; None: the packaged SmolLM2-135M
+    sites: tuple[str, ...] = ("blocks.15.hook_resid_post",)  # harvested together in one forward
+    context: int = 128  # tokens per window, BOS included
+    batch_windows: int = 16  # windows per forward (and per store shard)
+    windows: int = 0  # windows to harvest; 0: the whole corpus
+    dtype: str = "float32"  # model and store dtype: float32 | bfloat16
+    buffer_batches: int = 16  # streaming: forwards mixed together before training on them
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "toy"
-    path: str | None = None  # npy: [N, d_in] array (or [N, d_in + d_out] with y_columns)
+    source: str = "toy"  # toy | npy | store (a harvested activation store) | stream (LM in the loop)
+    path: str | None = None  # npy: [N, d_in] array; store: the store directory
     y_path: str | None = None  # npy: optional [N, d_out] target array (transcoders)
+    site: str | None = None  # store/stream: the site to train on (default: the first of lm.sites)
     toy: ToySpec = ToySpec()  # the synthetic generator (source=toy): --config.data.toy.d_in=...
+    text: TextConfig = TextConfig()
+    lm: LMConfig = LMConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +135,21 @@ class Config:
             raise ValueError(f"data.source={d.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
         if d.source == "npy" and not d.path:
             raise ValueError("data.source=npy needs --config.data.path=FILE.npy (an [N, d_in] float array)")
+        if d.source == "store" and not d.path:
+            raise ValueError("data.source=store needs --config.data.path=DIR (a store written by experiments.harvest)")
+        if d.text.kind not in TEXT_KINDS:
+            raise ValueError(f"data.text.kind={d.text.kind!r} is unknown; valid choices: {', '.join(TEXT_KINDS)}")
+        if d.text.kind != "shakespeare" and not d.text.path:
+            raise ValueError(f"data.text.kind={d.text.kind} needs --config.data.text.path")
+        if d.lm.dtype not in DTYPES:
+            raise ValueError(f"data.lm.dtype={d.lm.dtype!r} is unknown; valid choices: {', '.join(DTYPES)}")
+        if not d.lm.sites:
+            raise ValueError("data.lm.sites is empty; name at least one hook site, e.g. blocks.6.hook_resid_post")
+        for name in ("context", "batch_windows", "buffer_batches"):
+            if getattr(d.lm, name) < (2 if name == "context" else 1):
+                raise ValueError(f"data.lm.{name} is too small: {getattr(d.lm, name)}")
+        if d.site is not None and d.site not in d.lm.sites and d.source == "stream":
+            raise ValueError(f"data.site={d.site!r} is not among data.lm.sites {list(d.lm.sites)}")
         for name in ("checkpoint_every", "log_every", "norm_batches", "b_dec_samples", "keep_checkpoints"):
             if getattr(t, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0, got {getattr(t, name)}")

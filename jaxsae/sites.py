@@ -232,6 +232,21 @@ def run_with_cache(model, tokens, sites, stop_early: bool = False):
     return out.untag("batch", "seq", "vocabulary").unwrap(), cache
 
 
+def capture_fn(model, sites, stop_early: bool = True):
+    """A reusable `tokens [batch, seq] -> {site: array}` for many batches (harvesting, streaming):
+    the model is truncated after the deepest site and tapped once, not per call."""
+    sites = list(sites)
+    lm = truncate(model.model, max(parse(s)[0] for s in sites)) if stop_early else model.model
+    tapped = with_taps(lm, sites)
+    taps = pz.select(tapped).at_instances_of(Tap).get_sequence()
+
+    def capture(tokens) -> dict[str, jax.Array]:
+        _call(tapped, tokens)
+        return {t.saved.label: _to_array(t.saved.value) for t in taps}
+
+    return capture
+
+
 @pz.variable_jit
 def _call(model, tokens):
     return model(pz.nx.wrap(tokens).tag("batch", "seq"), token_positions=pz.nx.arange("seq", tokens.shape[1]))
