@@ -1,8 +1,9 @@
 """In-memory / memory-mapped activation arrays as a deterministic, epoch-shuffled batch source.
 
-batch(step) is a pure function of (seed, step): row positions [step*B, (step+1)*B) of an endless
-stream whose epoch e is the permutation `default_rng((seed, e))` of the rows. Resume needs no
-iterator state beyond the step.
+global_batch(step) is a pure function of (seed, step): row positions [step*B, (step+1)*B) of an
+endless stream whose epoch e is the permutation `default_rng((seed, e))` of the rows. With several
+processes, batch(step) is this process's contiguous share of that global batch (process p of P
+reads rows [p*B/P, (p+1)*B/P)), so the processes together train on exactly the rows one process would.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def load_npy(path: str, name: str = "data.path") -> np.ndarray:
 
 class ArraySource:
     def __init__(self, x_nd: np.ndarray, y_no: np.ndarray | None, seed: int, batch_size: int,
-                 expect_d_in: int | None = None, expect_d_out: int | None = None):
+                 expect_d_in: int | None = None, expect_d_out: int | None = None, process: tuple[int, int] = (0, 1)):
         if y_no is not None and y_no.shape[0] != x_nd.shape[0]:
             raise ValueError(f"data: x has {x_nd.shape[0]} rows but y has {y_no.shape[0]}; they must match row for row")
         for what, arr, want in (("input", x_nd, expect_d_in), ("target", y_no, expect_d_out)):
@@ -41,6 +42,10 @@ class ArraySource:
         self.d_in = x_nd.shape[1]
         self.d_out = self.d_in if y_no is None else y_no.shape[1]
         self._perms: dict[int, np.ndarray] = {}
+        self.process_index, self.process_count = process
+        if batch_size % self.process_count:
+            raise ValueError(f"batch_size {batch_size} does not split over {self.process_count} processes; "
+                             f"use a multiple of {self.process_count}")
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
@@ -58,8 +63,15 @@ class ArraySource:
             out[m] = self._perm(int(e))[within[m]]
         return out
 
+    def global_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._read(self.rows(step))
+
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.rows(step)
+        """This process's share of global batch `step`."""
+        share = self.batch_size // self.process_count
+        return self._read(self.rows(step)[self.process_index * share : (self.process_index + 1) * share])
+
+    def _read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(idx)  # sorted reads are kinder to memory maps
         x = np.empty((len(idx), self.d_in), np.float32)
         x[order] = self.x[idx[order]]

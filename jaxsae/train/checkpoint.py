@@ -27,15 +27,24 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "manifest"),
+            item_names=("state", "manifest", "data"),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, manifest: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), manifest=ocp.args.JsonSave(manifest)), force=True)
+    def save(self, step: int, state: Any, manifest: dict, data: dict | None = None) -> None:
+        """One checkpoint: train state, run manifest and the data iterator's state, together."""
+        items = dict(state=ocp.args.StandardSave(state), manifest=ocp.args.JsonSave(manifest))
+        if data is not None:
+            items["data"] = ocp.args.JsonSave(data)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore_data(self, step: int) -> dict | None:
+        """The data iterator state saved with checkpoint `step` (None for checkpoints without one)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+            return None
+        return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
     def _leftovers(self) -> list[str]:
         if not os.path.isdir(self.directory):

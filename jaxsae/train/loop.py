@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from jaxsae import axes, sharding
 from jaxsae.config import Config, DataConfig
+from jaxsae.data import pipeline
 from jaxsae.data.arrays import ArraySource, load_npy
 from jaxsae.dictionaries.base import Dictionary
 from jaxsae.train import data_init, optim, recipes
@@ -45,7 +46,15 @@ def make_source(d: DataConfig, seed: int, batch_size: int):
     if d.source == "npy":
         x = load_npy(d.path, "data.path")
         y = load_npy(d.y_path, "data.y_path") if d.y_path else None
-        return ArraySource(x, y, seed, batch_size)
+        return ArraySource(x, y, seed, batch_size, process=(jax.process_index(), jax.process_count()))
+    if d.source == "store":
+        from jaxsae.data.store_source import StoreSource
+
+        return StoreSource(d.path, d.site, seed, batch_size, process=(jax.process_index(), jax.process_count()))
+    if d.source == "stream":
+        from jaxsae.data.stream import StreamSource
+
+        return StreamSource(d, seed, batch_size)
     raise ValueError(f"unknown data.source {d.source!r}")
 
 
@@ -63,16 +72,18 @@ class Run:
 
 
 def _manifest(cfg: Config, spec: Dictionary, source) -> dict:
-    return {"spec": spec.describe(), "data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
-            "batch_size": cfg.train.batch_size, "d_in": source.d_in, "d_out": source.d_out,
-            "config": dataclasses.asdict(cfg)}
+    manifest = {"spec": spec.describe(), "data": dataclasses.asdict(cfg.data), "seed": cfg.seed,
+                "batch_size": cfg.train.batch_size, "d_in": source.d_in, "d_out": source.d_out,
+                "config": dataclasses.asdict(cfg)}
+    return json.loads(json.dumps(manifest))  # as it reads back from the checkpoint (tuples -> lists)
 
 
 def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
     """Normalisation scales and the b_dec init, estimated from the first batches (deterministic)."""
     n_norm = max(1, cfg.train.norm_batches)
     n_batches = max(n_norm, -(-cfg.train.b_dec_samples // cfg.train.batch_size))
-    xs, ys = zip(*(source.batch(i) for i in range(n_batches)))
+    whole = getattr(source, "global_batch", source.batch)  # every process estimates from the same rows
+    xs, ys = zip(*(whole(i) for i in range(n_batches)))
     x_all, y_all = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32)
     n_rows = n_norm * cfg.train.batch_size
     c_in = data_init.norm_scale(x_all[:n_rows], sched.normalize)
@@ -135,12 +146,17 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
     manifest = _manifest(cfg, spec, source)
     abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     restored = ckpt.restore(abstract_sharded, manifest)
+    data_state = None
     if restored is None:
         c_in, c_out, b_dec = _init_stats(cfg, source, sched, spec)
         state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(cfg.seed), b_dec, c_in, c_out)
         start = 0
     else:
         start, state = restored
+        data_state = ckpt.restore_data(start) or {"next_index": start}
+        if pipeline.position(data_state) != start:
+            raise TrainingError(f"checkpoint {start} holds a data iterator at step {pipeline.position(data_state)}; "
+                                "the checkpoint is inconsistent, delete that step directory")
         log.info("resumed from step %d", start)
 
     x_sh = sharding.named(mesh, (axes.BATCH, axes.D_IN))
@@ -178,17 +194,21 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",
                             dead=f"{last['dead_fraction']:.2f}", tok_s=f"{tok_s:.0f}")
 
+    batches = pipeline.batches(source, sched.total_steps, data_state)
+
+    def to_global(a, sh):  # this process's rows -> the global batch array
+        return jax.make_array_from_process_local_data(sh, np.asarray(a, np.float32))
+
     with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
         for step in range(start, sched.total_steps):
-            x, y = source.batch(step)
-            state, m = step_fn(state, jax.device_put(np.asarray(x, np.float32), x_sh),
-                               jax.device_put(np.asarray(y, np.float32), y_sh))
+            x, y = next(batches)
+            state, m = step_fn(state, to_global(x, x_sh), to_global(y, y_sh))
             pending.append((step, m))
             done = step + 1
             if done % cfg.train.log_every == 0 or done == sched.total_steps:
                 flush(done)
             if done % cfg.train.checkpoint_every == 0 or done == sched.total_steps:
-                ckpt.save(done, state, manifest)
+                ckpt.save(done, state, manifest, batches.get_state())
             bar.update(1)
     if pending:
         flush(sched.total_steps)
