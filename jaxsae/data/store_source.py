@@ -20,4 +20,5 @@ class StoreSource(ArraySource):
             site = store.sites[0]
         self.store, self.site = store, site
         self.info = store.manifest["sites"][site]
+        self.model_name = store.manifest.get("model")
         super().__init__(store.site(site), None, seed, batch_size, process=process)

@@ -226,6 +226,9 @@ def finish(run: Run, workdir: str) -> dict:
     sae = inference_sae(run.spec, run.state)
     meta = {"jaxsae_spec": run.spec.describe(), "dataset_path": run.cfg.data.path or run.cfg.data.source,
             "training_steps": run.schedule.total_steps, "training_tokens": run.schedule.total_steps * run.cfg.train.batch_size}
+    if getattr(run.source, "site", None):  # activations of a language model: say which and where
+        meta["hook_name"] = run.source.site
+        meta["model_name"] = getattr(run.source, "model_name", None)
     saelens.save(sae, os.path.join(workdir, "export"), meta)
     summary = {"export": os.path.join(workdir, "export"), "final": run.metrics[-1] if run.metrics else {}}
     if run.cfg.data.source == "toy":

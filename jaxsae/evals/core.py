@@ -1,0 +1,191 @@
+"""Core evaluation of a dictionary at one hook site of a language model (methods.md section 9).
+
+Reconstruction (over every text token of the evaluation windows; BOS/pad excluded):
+  L0, L1, MSE (per token, and per dimension), FVU against the dataset mean in streaming form
+  (sum|x|^2 - N|mean x|^2 in the denominator), explained variance, cosine similarity, l2_ratio,
+  relative reconstruction bias (shrinkage: gamma < 1), latent densities (dead, dense over 1% and
+  10%, a log10 density histogram) and the top-activating contexts of every latent.
+Downstream (the dictionary spliced into the LM; BOS positions keep their clean activations;
+every variant scored on the same next-token targets, float32):
+  CE loss clean / with the dictionary / zero-ablated / mean-ablated, CE loss recovered against
+  both baselines, delta LM loss, KL(clean || spliced) and kl_div_score.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxsae import sites
+from jaxsae.data import tokens as tokens_lib
+
+TOP_CONTEXTS = 8
+
+
+class _Stream:
+    """Running sums (float64) for the reconstruction metrics and latent statistics."""
+
+    def __init__(self, d: int, f: int):
+        self.n = 0
+        self.sum_x = np.zeros(d)
+        self.sum_sq_x = self.sum_sq_err = self.sum_cos = self.sum_ratio = 0.0
+        self.sum_sq_xhat = self.sum_dot = self.sum_l0 = self.sum_l1 = 0.0
+        self.fires = np.zeros(f, np.int64)
+        self.l0_tokens: list[np.ndarray] = []
+        self.top: list[list[tuple[float, int]]] = [[] for _ in range(f)]  # min-heaps of (value, row id)
+
+    def add(self, x, x_hat, f_nf, row0: int) -> None:
+        x, x_hat, f_nf = (np.asarray(a, np.float64) for a in (x, x_hat, f_nf))
+        err = x - x_hat
+        nx, nh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
+        self.n += len(x)
+        self.sum_x += x.sum(0)
+        self.sum_sq_x += float((x * x).sum())
+        self.sum_sq_err += float((err * err).sum())
+        self.sum_cos += float(((x * x_hat).sum(1) / np.maximum(nx * nh, 1e-12)).sum())
+        self.sum_ratio += float((nh / np.maximum(nx, 1e-12)).sum())
+        self.sum_sq_xhat += float((nh * nh).sum())
+        self.sum_dot += float((x * x_hat).sum())
+        active = f_nf != 0
+        l0 = active.sum(1)
+        self.l0_tokens.append(l0)
+        self.sum_l0 += float(l0.sum())
+        self.sum_l1 += float(np.abs(f_nf).sum())
+        self.fires += (f_nf > 0).sum(0)
+        k = min(TOP_CONTEXTS, len(f_nf))
+        cand = np.argpartition(-f_nf, k - 1, axis=0)[:k]  # [k, F] rows of each latent's largest values
+        for latent in np.nonzero((f_nf > 0).any(0))[0]:
+            heap = self.top[latent]
+            for r in cand[:, latent]:
+                v = f_nf[r, latent]
+                if v <= 0:
+                    continue
+                item = (float(v), row0 + int(r))
+                if len(heap) < TOP_CONTEXTS:
+                    heapq.heappush(heap, item)
+                elif item > heap[0]:
+                    heapq.heapreplace(heap, item)
+
+    def metrics(self, d: int) -> dict:
+        n = max(self.n, 1)
+        mean = self.sum_x / n
+        total_var = self.sum_sq_x - n * float(mean @ mean)
+        fvu = self.sum_sq_err / max(total_var, 1e-30)
+        p = self.fires / n
+        return {
+            "n_tokens": self.n, "l0": self.sum_l0 / n, "l1": self.sum_l1 / n, "mse": self.sum_sq_err / n,
+            "mse_per_dim": self.sum_sq_err / n / d, "fvu": fvu, "explained_variance": 1.0 - fvu,
+            "cosine_similarity": self.sum_cos / n, "l2_ratio": self.sum_ratio / n,
+            "relative_reconstruction_bias": self.sum_sq_xhat / max(self.sum_dot, 1e-30),
+            "dead_fraction": float((p == 0).mean()), "dense_fraction_over_1_percent": float((p > 0.01).mean()),
+            "dense_fraction_over_10_percent": float((p > 0.1).mean()),
+        }
+
+
+def _next_token_terms(logits_btv, ref_logp_btv, tokens_bt, valid_bt):
+    """Summed CE over valid targets and summed KL(ref || this) over the same positions."""
+    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    target = tokens_bt[:, 1:]
+    nll = -jnp.take_along_axis(logp[:, :-1], target[..., None], axis=-1)[..., 0]
+    mask = valid_bt[:, 1:] if valid_bt is not None else jnp.ones_like(nll, bool)
+    ce = jnp.where(mask, nll, 0.0).sum()
+    kl = None
+    if ref_logp_btv is not None:
+        kl_t = (jnp.exp(ref_logp_btv) * (ref_logp_btv - logp)).sum(-1)[:, :-1]
+        kl = jnp.where(mask, kl_t, 0.0).sum()
+    return ce, kl, logp
+
+
+def _keep_bos_clean(fn):
+    def spliced(x, payload):
+        inner, mask_bt = payload
+        new = fn(x, inner)
+        return jnp.where(mask_bt[..., None], new, x)
+
+    return spliced
+
+
+def _reconstruct(x, sae):
+    return sae.forward(x)
+
+
+def _zero(x, _):
+    return jnp.zeros_like(x)
+
+
+def _mean(x, m):
+    return jnp.broadcast_to(m.astype(x.dtype), x.shape)
+
+
+# built once: a splice's function is static in the jitted model, a new closure would recompile
+SPLICES = {"sae": _keep_bos_clean(_reconstruct), "zero": _keep_bos_clean(_zero), "mean": _keep_bos_clean(_mean)}
+
+
+def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int, specials, downstream_windows: int,
+             progress: bool = True) -> dict:
+    """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
+    `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
+    "top", "tokens"} for the report."""
+    layer, kind = sites.parse(site)
+    if kind == "attn.hook_z":
+        raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
+    capture = sites.capture_fn(lm, [site])
+    encode = jax.jit(lambda s, x: s.encode(x))
+    decode = jax.jit(lambda s, f: s.decode(f))
+    n_windows = min(n_windows, len(windows_ds)) // batch_windows * batch_windows
+    if n_windows == 0:
+        raise ValueError(f"fewer evaluation windows than one batch of {batch_windows}")
+    all_tokens = tokens_lib.batch_array(windows_ds, 0, n_windows)
+    stream = _Stream(sae.d_in, sae.d_sae)
+    row_of = []  # row id -> (window, position)
+    bar = tqdm(total=n_windows, desc="eval: reconstruction", unit="win", disable=not progress, dynamic_ncols=True)
+    for start in range(0, n_windows, batch_windows):
+        tok = all_tokens[start : start + batch_windows]
+        x_btd = np.asarray(capture(jnp.asarray(tok))[site], np.float32)
+        keep = tokens_lib.content_mask(tok, specials)
+        w, t = np.nonzero(keep)
+        x = x_btd[keep]
+        f = encode(sae, jnp.asarray(x))
+        stream.add(x, decode(sae, f), np.asarray(f), len(row_of))
+        row_of.extend(zip((w + start).tolist(), t.tolist()))
+        bar.update(batch_windows)
+    bar.close()
+    metrics = stream.metrics(sae.d_in)
+    mean_d = stream.sum_x / max(stream.n, 1)
+
+    n_down = min(downstream_windows, n_windows) // batch_windows * batch_windows
+    sums = dict.fromkeys(("clean", "sae", "zero", "mean", "kl_sae", "kl_zero", "kl_mean", "n"), 0.0)
+    bar = tqdm(total=n_down, desc="eval: downstream", unit="win", disable=not progress, dynamic_ncols=True)
+    for start in range(0, n_down, batch_windows):
+        tok = jnp.asarray(all_tokens[start : start + batch_windows])
+        valid = jnp.asarray(tokens_lib.content_mask(np.asarray(tok), specials))
+        clean_ce, _, ref = _next_token_terms(lm(tok), None, tok, valid)
+        sums["clean"] += float(clean_ce)
+        sums["n"] += float(valid[:, 1:].sum())
+        for name, payload in (("sae", sae), ("zero", None), ("mean", jnp.asarray(mean_d, jnp.float32))):
+            patched = sites.splice(lm, site, SPLICES[name], (payload, valid))
+            ce, kl, _ = _next_token_terms(patched(tok), ref, tok, valid)
+            sums[name] += float(ce)
+            sums[f"kl_{name}"] += float(kl)
+        bar.update(batch_windows)
+    bar.close()
+    n = max(sums["n"], 1.0)
+    ce = {k: sums[k] / n for k in ("clean", "sae", "zero", "mean")}
+    kl = {k: sums[f"kl_{k}"] / n for k in ("sae", "zero", "mean")}
+    metrics.update({
+        "ce_loss_clean": ce["clean"], "ce_loss_with_sae": ce["sae"], "ce_loss_zero_ablation": ce["zero"],
+        "ce_loss_mean_ablation": ce["mean"],
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / max(ce["zero"] - ce["clean"], 1e-12),
+        "ce_loss_recovered_mean_ablation": (ce["mean"] - ce["sae"]) / max(ce["mean"] - ce["clean"], 1e-12),
+        "delta_lm_loss": ce["sae"] - ce["clean"], "kl_div": kl["sae"], "kl_div_zero_ablation": kl["zero"],
+        "kl_div_score": (kl["zero"] - kl["sae"]) / max(kl["zero"], 1e-12), "downstream_tokens": int(sums["n"]),
+        "ce_loss_recovered_baseline": "zero ablation (ce_loss_recovered_mean_ablation: mean ablation)",
+    })
+    top = {i: sorted(h, reverse=True) for i, h in enumerate(stream.top) if h}
+    return {"metrics": metrics, "density": stream.fires / max(stream.n, 1), "l0_tokens": np.concatenate(stream.l0_tokens),
+            "top": {i: [(v, *row_of[r]) for v, r in items] for i, items in top.items()}, "tokens": all_tokens,
+            "capture": capture, "encode": lambda x: encode(sae, x), "site": site}
