@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo demo-toy test test-fast venv bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 venv: $(BIN)/.installed
 
 # The main job on the embedded default (until the LM pipeline lands: the toy ground-truth run).
-demo: venv
-	$(BIN)/python -m experiments.train_sae --config=configs/toy.py --workdir=runs/demo
+demo: venv  # the main job: SmolLM2 + Shakespeare -> store -> TopK dictionary -> evaluation report
+	$(BIN)/python -m experiments.harvest --config=configs/demo.py --config.data.path=runs/demo/store
+	$(BIN)/python -m experiments.train_sae --config=configs/demo.py --config.data.path=runs/demo/store --workdir=runs/demo
+	$(BIN)/python -m experiments.eval_sae --config=configs/demo.py --sae=runs/demo/export --out=runs/demo
+
+demo-toy: venv  # toy ground-truth run (known features; summary.json reports their recovery)
+	$(BIN)/python -m experiments.train_sae --config=configs/toy.py --workdir=runs/toy
 
 # The whole test suite, slow tests included (8 fake CPU devices: tests/conftest.py).
 test: venv

@@ -85,7 +85,9 @@ def tree_shardings(mesh: Mesh, logical_tree: Any) -> Any:
 
 
 def fit_shardings(mesh: Mesh, logical_tree: Any, shape_tree: Any) -> Any:
-    """Like tree_shardings, but drops a mesh axis from any dimension it does not divide.
+    """Like tree_shardings, but drops a mesh axis from any dimension it does not divide, and from
+    every dimension after the first it shards (grouped-query weights have two head axes that both
+    map to `model`; the first that divides takes it).
 
     Small models on big meshes (a 16-dim toy on 8 devices) then still run; `check_placement`
     reports the large arrays that end up replicated.
@@ -93,10 +95,12 @@ def fit_shardings(mesh: Mesh, logical_tree: Any, shape_tree: Any) -> Any:
 
     def one(a, sds):
         s = spec(a)
-        parts = []
+        parts, used = [], set()
         for dim, p in zip(sds.shape, tuple(s) + (None,) * (len(sds.shape) - len(s))):
             size = mesh.shape[p] if p is not None else 1
-            parts.append(p if p is not None and dim % size == 0 else None)
+            ok = p is not None and p not in used and dim % size == 0
+            parts.append(p if ok else None)
+            used.add(p if ok else None)
         return NamedSharding(mesh, PartitionSpec(*parts))
 
     return jax.tree.map(one, logical_tree, shape_tree, is_leaf=is_axes)

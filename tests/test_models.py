@@ -132,7 +132,7 @@ def test_load_onto_a_mesh_places_each_tensor_in_shards_as_it_reads(tmp_path):
 
     from jaxsae import sharding
 
-    hf = _save_tiny(tmp_path, "llama", num_key_value_heads=4)
+    hf = _save_tiny(tmp_path, "llama", num_key_value_heads=2)  # grouped-query: two head axes, one `model` axis
     hf.to(torch.bfloat16).save_pretrained(str(tmp_path))
     from jaxsae.models.checkpoint_files import read_tensors
 

@@ -54,7 +54,7 @@ def make_source(d: DataConfig, seed: int, batch_size: int):
     if d.source == "stream":
         from jaxsae.data.stream import StreamSource
 
-        return StreamSource(d, seed, batch_size)
+        return StreamSource(d, seed, batch_size, process=(jax.process_index(), jax.process_count()))
     raise ValueError(f"unknown data.source {d.source!r}")
 
 
@@ -97,7 +97,7 @@ def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
         b_dec = jnp.asarray(y_s.mean(0))
     else:
         b_dec = jnp.zeros((spec.out_dim,), jnp.float32)
-    return np.float32(c_in), np.float32(c_out), b_dec
+    return np.float32(c_in), np.float32(c_out), np.asarray(b_dec)  # host values: identical on every process
 
 
 def setup(cfg: Config, mesh=None) -> Run:
@@ -186,9 +186,10 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
         t_last, step_last = time.perf_counter(), step_now
         if rows:
             rows[-1]["tokens_per_s"] = tok_s
-            with open(metrics_path, "a") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+            if jax.process_index() == 0:  # one writer; every process computed the same metrics
+                with open(metrics_path, "a") as f:
+                    for r in rows:
+                        f.write(json.dumps(r) + "\n")
             run.metrics.extend(rows)
             last = rows[-1]
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",
@@ -220,15 +221,23 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
 
 
 def finish(run: Run, workdir: str) -> dict:
-    """Export (SAELens format) and, for toy data, ground-truth recovery."""
+    """Export (SAELens format) and, for toy data, ground-truth recovery. With several processes the
+    state is gathered to every host and process 0 writes."""
     from jaxsae.interop import saelens
 
-    sae = inference_sae(run.spec, run.state)
+    state = run.state
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        state = multihost_utils.process_allgather(state, tiled=True)
+    sae = inference_sae(run.spec, state)
     meta = {"jaxsae_spec": run.spec.describe(), "dataset_path": run.cfg.data.path or run.cfg.data.source,
             "training_steps": run.schedule.total_steps, "training_tokens": run.schedule.total_steps * run.cfg.train.batch_size}
     if getattr(run.source, "site", None):  # activations of a language model: say which and where
         meta["hook_name"] = run.source.site
         meta["model_name"] = getattr(run.source, "model_name", None)
+    if jax.process_index() != 0:
+        return {}
     saelens.save(sae, os.path.join(workdir, "export"), meta)
     summary = {"export": os.path.join(workdir, "export"), "final": run.metrics[-1] if run.metrics else {}}
     if run.cfg.data.source == "toy":

@@ -1,0 +1,83 @@
+"""Streaming mode (`--config.data.source=stream`): the LM forward feeds a mixing buffer that feeds
+the train step, in one loop, with nothing written to disk.
+
+The buffer is filled a chunk at a time: chunk c is `buffer_batches * batch_windows` consecutive
+windows, run through the truncated model, their text positions' activations shuffled together
+(from (seed, c)). Training rows are the chunks back to back, endlessly (later epochs reuse the
+windows with new shuffles). Because the number of text positions of every chunk is known from the
+tokens alone, `batch(step)` is a pure function of the step: a resumed run recomputes only the chunk
+it is in, and gets exactly the rows an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae import sites
+from jaxsae.config import DataConfig
+from jaxsae.data import harvest as harvest_lib
+from jaxsae.data import tokens as tokens_lib
+
+
+class StreamSource:
+    def __init__(self, d: DataConfig, seed: int, batch_size: int, process: tuple[int, int] = (0, 1)):
+        lm, tok = harvest_lib.load_lm(d.lm)
+        ds = harvest_lib.token_windows(d.text, tok, d.lm.context, seed)
+        self.site = d.site or d.lm.sites[0]
+        self.model_name = harvest_lib.model_path(d.lm)
+        self.seed, self.batch_size = seed, batch_size
+        self.process_index, self.process_count = process
+        self.bw = d.lm.batch_windows
+        self.chunk_windows = d.lm.buffer_batches * self.bw
+        self.n_chunks = len(ds) // self.chunk_windows
+        if self.n_chunks == 0:
+            raise ValueError(f"the corpus gives {len(ds)} windows, fewer than one mixing buffer of "
+                             f"{self.chunk_windows}; lower data.lm.buffer_batches or data.lm.batch_windows")
+        self.tokens = tokens_lib.batch_array(ds, 0, self.n_chunks * self.chunk_windows)
+        keep = tokens_lib.content_mask(self.tokens, tokens_lib.special_ids(tok))
+        counts = keep.reshape(self.n_chunks, -1).sum(1)
+        self.keep = keep
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self.epoch_rows = int(self.starts[-1])
+        self.capture = sites.capture_fn(lm, [self.site])
+        self._cache: dict[int, np.ndarray] = {}
+        self.d_in = self.d_out = self._chunk(0).shape[1]
+
+    def _chunk(self, c: int) -> np.ndarray:
+        """Shuffled activations of chunk c (windows of chunk c mod n_chunks, shuffle from (seed, c))."""
+        if c not in self._cache:
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            w0 = (c % self.n_chunks) * self.chunk_windows
+            rows = []
+            for s in range(w0, w0 + self.chunk_windows, self.bw):
+                acts = np.asarray(self.capture(jnp.asarray(self.tokens[s : s + self.bw]))[self.site], np.float32)
+                rows.append(acts[self.keep[s : s + self.bw]].reshape(-1, acts.shape[-1] if acts.ndim == 3 else
+                                                                     acts.shape[-2] * acts.shape[-1]))
+            x = np.concatenate(rows)
+            self._cache[c] = x[np.random.default_rng((self.seed, c)).permutation(len(x))]
+        return self._cache[c]
+
+    def _rows(self, positions: np.ndarray) -> np.ndarray:
+        epoch, within = positions // self.epoch_rows, positions % self.epoch_rows
+        local = np.searchsorted(self.starts, within, side="right") - 1
+        chunk = epoch * self.n_chunks + local
+        out = None
+        for c in np.unique(chunk):
+            m = chunk == c
+            data = self._chunk(int(c))
+            if out is None:
+                out = np.empty((len(positions), data.shape[1]), np.float32)
+            out[m] = data[within[m] - self.starts[local[m]]]
+        return out
+
+    def global_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        x = self._rows(np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64))
+        return x, x
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        x, _ = self.global_batch(step)
+        share = self.batch_size // self.process_count
+        x = x[self.process_index * share : (self.process_index + 1) * share]
+        return x, x
