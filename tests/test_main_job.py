@@ -1,0 +1,44 @@
+"""The main job's three binaries, end to end on a tiny model (what `make demo` runs on SmolLM2):
+experiments.harvest -> experiments.train_sae (data.source=store) -> experiments.eval_sae, plus
+harvest --verify naming a corrupt shard."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tiny_lm import make_tiny_lm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args, timeout=400):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", module, "--config=configs/demo.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_harvest_train_evaluate_binaries(tmp_path):
+    lm = make_tiny_lm(str(tmp_path / "lm"))
+    store, work = str(tmp_path / "store"), str(tmp_path / "run")
+    common = [f"--config.data.lm.path={lm}", "--config.data.lm.sites=('blocks.2.hook_resid_post',)",
+              "--config.data.lm.context=32", "--config.data.lm.batch_windows=8", f"--config.data.path={store}"]
+    out = _run("experiments.harvest", *common, "--config.data.lm.windows=48")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["tokens"] == 48 * 31
+    out = _run("experiments.train_sae", *common, f"--workdir={work}", "--config.sae.d_sae=128", "--config.sae.k=8",
+               "--config.train.steps=60", "--config.train.batch_size=128", "--config.train.checkpoint_every=30")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--windows=16",
+               "--downstream_windows=8", "--latents=4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.load(open(os.path.join(work, "eval", "metrics.json")))
+    assert m["site"] == "blocks.2.hook_resid_post" and {"ce_loss_recovered", "kl_div", "l0", "fvu",
+                                                        "dead_fraction"} <= set(m)
+    assert os.path.isfile(os.path.join(work, "eval", "report.html"))
+    shard = os.path.join(store, "blocks.2.hook_resid_post", "shard_000002.npy")
+    data = bytearray(open(shard, "rb").read())
+    data[200] ^= 1
+    open(shard, "wb").write(bytes(data))
+    out = _run("experiments.harvest", *common, "--config.data.lm.windows=48", "--verify")
+    assert out.returncode == 2 and "corrupt shard" in out.stderr and "shard_000002.npy" in out.stderr
