@@ -19,7 +19,7 @@ def get_config():
     c.sae.architecture = "topk"
     c.sae.d_sae = 4608
     c.sae.k = 32.0
-    c.train.steps = 2000
+    c.train.steps = 1500
     c.train.batch_size = 1024
     c.train.log_every = 100
     c.train.checkpoint_every = 500

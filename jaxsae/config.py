@@ -115,7 +115,7 @@ class Config:
     mesh: MeshConfig = MeshConfig()
     seed: int = 0
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         from jaxsae.dictionaries.registry import NAMES
 
         s, t, d = self.sae, self.train, self.data

@@ -50,7 +50,7 @@ class Tap(pz.nn.Layer):
     saved: pz.StateVariable
 
     @classmethod
-    def named(cls, site: str) -> "Tap":
+    def named(cls, site: str) -> Tap:
         return cls(saved=pz.StateVariable(value=None, label=site))
 
     def __call__(self, value: Any, /, **_side_inputs) -> Any:

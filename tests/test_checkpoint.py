@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import toy_config
+
 from jaxsae.train import loop
 from jaxsae.train.checkpoint import CheckpointError
 

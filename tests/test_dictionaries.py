@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import ref_numpy as ref
+
 from jaxsae import dictionaries as D
 from jaxsae.dictionaries.base import LossContext, batch_kth_largest
 from jaxsae.dictionaries.jumprelu import jumprelu, step

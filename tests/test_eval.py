@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
 from jaxsae.config import LMConfig, TextConfig
@@ -17,7 +18,6 @@ from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import tokens as tokens_lib
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import core
-from tiny_lm import make_tiny_lm
 
 SITE = "blocks.1.hook_resid_post"
 

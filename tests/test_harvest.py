@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from tiny_lm import make_tiny_lm
 
 from jaxsae import models, sites
 from jaxsae.config import LMConfig, TextConfig
@@ -14,7 +15,6 @@ from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import text as text_lib
 from jaxsae.data import tokens as tokens_lib
-from tiny_lm import make_tiny_lm
 
 
 @pytest.fixture(scope="module")

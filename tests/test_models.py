@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from tiny_models import CASES, TOKENS, VOCAB
+from tiny_models import hf_logits as _logits
+from tiny_models import save_tiny as _save_tiny
 
 from jaxsae import models
 from jaxsae.models.checkpoint_files import CheckpointFormatError
-
-from tiny_models import CASES, TOKENS, VOCAB, hf_logits as _logits, save_tiny as _save_tiny
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

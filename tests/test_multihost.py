@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_lm import make_tiny_lm
 
 from jaxsae import config as C
 from jaxsae import sharding
@@ -17,7 +18,6 @@ from jaxsae.config import LMConfig, TextConfig
 from jaxsae.data import harvest as harvest_lib
 from jaxsae.interop import saelens
 from jaxsae.train import loop
-from tiny_lm import make_tiny_lm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import torch
 from sae_lens import SAE as LensSAE
-from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
-from sae_lens import GatedSAE, GatedSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
-from sae_lens import TopKSAE, TopKSAEConfig
+from sae_lens import (
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 
 from jaxsae import dictionaries as D
 from jaxsae.dictionaries.bound import SAE

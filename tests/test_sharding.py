@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import toy_config
 from jax.sharding import PartitionSpec as P
 
-from helpers import toy_config
 from jaxsae import axes, sharding
 from jaxsae.dictionaries import latent_ops
 from jaxsae.train import loop

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from tiny_models import CASES, hf_sites, save_tiny
 
 from jaxsae import models, sites
-from tiny_models import CASES, hf_sites, save_tiny
 
 VOCAB = 97
 TOKENS = np.random.default_rng(1).integers(0, VOCAB, size=(2, 9))

@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import toy_config
+from tiny_lm import make_tiny_lm
+
 from jaxsae import config as C
 from jaxsae.config import LMConfig, TextConfig
 from jaxsae.data import harvest as harvest_lib
@@ -16,7 +17,6 @@ from jaxsae.data import pipeline
 from jaxsae.data.store_source import StoreSource
 from jaxsae.interop import saelens
 from jaxsae.train import loop
-from tiny_lm import make_tiny_lm
 
 SITE = "blocks.1.hook_resid_post"
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from helpers import toy_config
+
 from jaxsae import config as C
 from jaxsae.train import data_init, loop, optim, recipes
 

@@ -83,7 +83,7 @@ def hf_sites(hf, kind, layer, tokens, parallel=False):
     caps = {}
     blk = _hf_layers(hf)[layer]
     attn, o_proj, mlp, attn_add, mlp_add = _parts(kind, blk)
-    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    first = lambda o: o[0] if isinstance(o, tuple) else o
     hooks = [blk.register_forward_pre_hook(lambda m, a, k: caps.__setitem__("pre", a[0] if a else k["hidden_states"]),
                                            with_kwargs=True),
              o_proj.register_forward_pre_hook(lambda m, a: caps.__setitem__("z", a[0])),

@@ -18,7 +18,7 @@ def load_npy(path: str, name: str = "data.path") -> np.ndarray:
         raise FileNotFoundError(f"{name}: no such file {path!r}; pass an existing .npy file of shape [N, d_in]")
     try:
         arr = np.load(path, mmap_mode="r")
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise ValueError(f"{name}: {path!r} is not a readable .npy array ({e})") from e
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{name}: {path!r} must be a 2-D float array [N, width], got shape {arr.shape} dtype {arr.dtype}")

@@ -93,7 +93,7 @@ class Store:
     def sites(self) -> list[str]:
         return list(self.manifest["sites"])
 
-    def site(self, name: str) -> "ShardedRows":
+    def site(self, name: str) -> ShardedRows:
         if name not in self.manifest["sites"]:
             raise StoreError(f"{self.root}: no site {name!r} in the store; it holds {self.sites}")
         info = self.manifest["sites"][name]
@@ -102,7 +102,7 @@ class Store:
             path = os.path.join(self.root, shard["file"])
             try:
                 arr = np.load(path, mmap_mode="r")
-            except Exception as e:  # noqa: BLE001 - re-raised with the shard named
+            except Exception as e:
                 raise StoreError(f"corrupt shard {path}: unreadable ({type(e).__name__}: {e}); "
                                  "delete the store and harvest again") from e
             if arr.shape != (shard["rows"], info["d"]):

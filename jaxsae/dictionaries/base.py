@@ -88,7 +88,7 @@ class Dictionary(abc.ABC):
             )
 
     @classmethod
-    def create(cls, **kw) -> "Dictionary":
+    def create(cls, **kw) -> Dictionary:
         """Construct with the architecture's published structural defaults filled in."""
         same_space = kw.get("d_out") in (None, kw.get("d_in"))
         kw.setdefault("apply_b_dec_to_input", cls.default_b_dec_to_input and same_space)
@@ -196,7 +196,7 @@ class Dictionary(abc.ABC):
         since = jnp.minimum(state["tokens_since_fired"] + n_tokens, cap)
         return {**state, "tokens_since_fired": jnp.where(out.fired_f, 0, since)}
 
-    def to_inference(self, params: Params, state: dict | None) -> tuple["Dictionary", Params]:
+    def to_inference(self, params: Params, state: dict | None) -> tuple[Dictionary, Params]:
         """The (spec, params) to evaluate and export with. BatchTopK-family models become
         JumpReLU with their learned global threshold; others are returned as they are."""
         return self, params

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 
 from jaxsae import ops
 from jaxsae.dictionaries.base import (
-    Dictionary, LossContext, LossOutput, aux_k_loss, base_metrics, batch_kth_largest, n_batch_keep,
+    Dictionary,
+    LossContext,
+    LossOutput,
+    aux_k_loss,
+    base_metrics,
+    batch_kth_largest,
+    n_batch_keep,
     sse_mean,
 )
 

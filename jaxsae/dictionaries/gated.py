@@ -16,7 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import axes, ops
-from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
+from jaxsae.dictionaries.base import (
+    Dictionary,
+    LossContext,
+    LossOutput,
+    base_metrics,
+    sse_mean,
+)
 
 
 @dataclasses.dataclass(frozen=True)

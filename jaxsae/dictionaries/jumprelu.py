@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import axes, ops
-from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
+from jaxsae.dictionaries.base import (
+    Dictionary,
+    LossContext,
+    LossOutput,
+    base_metrics,
+    sse_mean,
+)
 
 
 def _rect(z, theta, eps):

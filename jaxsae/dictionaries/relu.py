@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import ops
-from jaxsae.dictionaries.base import Dictionary, LossContext, LossOutput, base_metrics, sse_mean
+from jaxsae.dictionaries.base import (
+    Dictionary,
+    LossContext,
+    LossOutput,
+    base_metrics,
+    sse_mean,
+)
 
 VARIANTS = ("april2024", "2023")
 
@@ -34,7 +40,7 @@ class ReLU(Dictionary):
         super().__post_init__()
 
     @classmethod
-    def create(cls, **kw) -> "ReLU":
+    def create(cls, **kw) -> ReLU:
         """Fill the variant's structural choices (bias placement, decoder constraint, init norm)."""
         variant = kw.get("variant", "april2024")
         same_space = kw.get("d_out") in (None, kw.get("d_in"))

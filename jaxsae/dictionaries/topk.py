@@ -14,8 +14,16 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from jaxsae.dictionaries.base import (
-    Dictionary, LossContext, LossOutput, aux_k_loss, base_metrics, encode_topk_relu, fired_from_sparse,
-    scatter_rows, sse_mean, topk_relu,
+    Dictionary,
+    LossContext,
+    LossOutput,
+    aux_k_loss,
+    base_metrics,
+    encode_topk_relu,
+    fired_from_sparse,
+    scatter_rows,
+    sse_mean,
+    topk_relu,
 )
 
 

@@ -130,8 +130,7 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
     `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
     "top", "tokens"} for the report."""
-    layer, kind = sites.parse(site)
-    if kind == "attn.hook_z":
+    if sites.parse(site)[1] == "attn.hook_z":
         raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
     capture = sites.capture_fn(lm, [site])
     encode = jax.jit(lambda s, x: s.encode(x))

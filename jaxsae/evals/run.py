@@ -45,7 +45,7 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
     alive = np.nonzero(result["density"] > 0)[0]
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(alive, size=min(n_latents, len(alive)), replace=False).tolist()) if len(alive) else []
-    contexts = report.context_rows(result, sample, tok)
+    contexts = report.context_rows(result, sample, tok, batch=data.lm.batch_windows)
     report.write_report(out_dir, f"{os.path.basename(os.path.abspath(export_dir))} at {site}", metrics, paths,
                         contexts, result["density"])
     log.info("wrote %s", os.path.join(out_dir, "report.html"))

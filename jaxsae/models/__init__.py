@@ -16,7 +16,11 @@ import jax.numpy as jnp
 from penzai import pz
 
 from jaxsae.models import gemma, gpt2, gpt_neox, llama
-from jaxsae.models.checkpoint_files import CheckpointFormatError, read_config, read_tensors
+from jaxsae.models.checkpoint_files import (
+    CheckpointFormatError,
+    read_config,
+    read_tensors,
+)
 from jaxsae.models.placement import Placer, sharding_for
 from jaxsae.models.tokenizer import Tokenizer, load_tokenizer
 

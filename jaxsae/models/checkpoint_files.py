@@ -70,7 +70,7 @@ def _map_file(file: str) -> dict[str, np.ndarray]:
             raw = data[begin:end] if end > begin else np.zeros(0, np.uint8)
             out[name] = raw.view(dtype).reshape(info["shape"])
         return out
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointFormatError(f"{file}: unreadable safetensors file ({type(e).__name__}: {e})") from e
 
 

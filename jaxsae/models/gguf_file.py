@@ -29,7 +29,7 @@ def _reader(path: str):
         raise FileNotFoundError(f"no such GGUF file {path!r}")
     try:
         return gguf.GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointFormatError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 

@@ -38,9 +38,17 @@ def read_params(path: str) -> dict[str, dict[str, np.ndarray]]:
         tree = getattr(getattr(meta, "item_metadata", None), "tree", None) or meta
         args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         params = ckpt.restore(path, restore_args=args)
-    except Exception as e:  # noqa: BLE001 - re-raised with the directory named
+    except Exception as e:
         raise CheckpointFormatError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
     return {k.removeprefix("transformer/"): v for k, v in params.items()}
+
+
+def _norms(gemma2: bool) -> dict[str, str]:
+    """Kaggle norm name -> HF norm name (HF's `post_attention_layernorm` is Gemma 1's pre-MLP norm)."""
+    if not gemma2:
+        return {"pre_attention_norm": "input_layernorm", "pre_ffw_norm": "post_attention_layernorm"}
+    return {"pre_attention_norm": "input_layernorm", "pre_ffw_norm": "pre_feedforward_layernorm",
+            "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 def to_hf(params: dict) -> tuple[dict, dict[str, np.ndarray]]:
@@ -73,10 +81,7 @@ def to_hf(params: dict) -> tuple[dict, dict[str, np.ndarray]]:
         return w.transpose(0, 2, 1).reshape(-1, d)
 
     t = {"model.embed_tokens.weight": embed, "model.norm.weight": params["final_norm"]["scale"]}
-    norms = {"pre_attention_norm": "input_layernorm",
-             "pre_ffw_norm": "pre_feedforward_layernorm" if gemma2 else "post_attention_layernorm"}
-    if gemma2:
-        norms.update(post_attention_norm="post_attention_layernorm", post_ffw_norm="post_feedforward_layernorm")
+    norms = _norms(gemma2)
     for i in range(n_layers):
         p, hf = f"layer_{i}/", f"model.layers.{i}."
         for k, v in norms.items():
@@ -109,10 +114,7 @@ def from_hf(cfg: dict, tensors: dict[str, np.ndarray]) -> dict[str, dict[str, np
     gemma2 = cfg["model_type"] == "gemma2"
     out = {"embedder": {"input_embedding": tensors["model.embed_tokens.weight"]},
            "final_norm": {"scale": tensors["model.norm.weight"]}}
-    norms = {"pre_attention_norm": "input_layernorm",
-             "pre_ffw_norm": "pre_feedforward_layernorm" if gemma2 else "post_attention_layernorm"}
-    if gemma2:
-        norms.update(post_attention_norm="post_attention_layernorm", post_ffw_norm="post_feedforward_layernorm")
+    norms = _norms(gemma2)
     for i in range(cfg["num_hidden_layers"]):
         p, hf = f"layer_{i}/", f"model.layers.{i}."
         out.update({p + k: {"scale": tensors[f"{hf}{v}.weight"]} for k, v in norms.items()})

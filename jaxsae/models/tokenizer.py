@@ -41,7 +41,7 @@ def _from_gguf(path: str) -> Tokenizer:
     import gguf
 
     reader = gguf.GGUFReader(path)
-    get = lambda k: reader.fields[k].contents() if k in reader.fields else None  # noqa: E731
+    get = lambda k: reader.fields[k].contents() if k in reader.fields else None
     kind = get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(f"{path}: GGUF tokenizer model {kind!r} is not supported yet (byte-level BPE 'gpt2' is)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 
@@ -43,25 +42,28 @@ def plots(result: dict, out_dir: str) -> dict[str, str]:
     return paths
 
 
-def context_rows(result: dict, latents, tokenizer, width: int = 12) -> dict[int, list[dict]]:
-    """For each latent: its top contexts as {"value", "pieces": [(text, activation), ...]} around
-    the top token; activations of the whole window recomputed in one capture per latent."""
-    out = {}
+def context_rows(result: dict, latents, tokenizer, width: int = 12, batch: int = 16) -> dict[int, list[dict]]:
+    """For each latent: its top contexts as {"value", "pieces": [(text, activation), ...], "at"}
+    around the top token. The windows involved are re-run once, in fixed-size batches (one compiled
+    shape), keeping only the sampled latents' activations."""
     tokens, capture, encode, site = result["tokens"], result["capture"], result["encode"], result["site"]
-    for latent in latents:
-        items = result["top"].get(int(latent), [])
-        if not items:
-            continue
-        wins = sorted({w for _, w, _ in items})
-        x = np.asarray(capture(np.asarray(tokens[wins], np.int32))[site], np.float32)
-        acts = np.asarray(encode(x.reshape(-1, x.shape[-1])))[:, latent].reshape(len(wins), -1)
+    latents = [int(i) for i in latents if result["top"].get(int(i))]
+    wins = sorted({w for i in latents for _, w, _ in result["top"][i]})
+    acts = {}  # window -> [seq, len(latents)]
+    for start in range(0, len(wins), batch):
+        chunk = wins[start : start + batch]
+        padded = chunk + [chunk[-1]] * (batch - len(chunk))
+        x = np.asarray(capture(np.asarray(tokens[padded], np.int32))[site], np.float32)
+        f = np.asarray(encode(x.reshape(-1, x.shape[-1])))[:, latents].reshape(batch, x.shape[1], len(latents))
+        acts.update({w: f[j] for j, w in enumerate(chunk)})
+    out = {}
+    for col, latent in enumerate(latents):
         rows = []
-        for value, w, t in items:
-            a = acts[wins.index(w)]
+        for value, w, t in result["top"][latent]:
             lo, hi = max(1, t - width), min(tokens.shape[1], t + 4)
-            pieces = [(tokenizer.decode([int(tokens[w, j])]), float(a[j])) for j in range(lo, hi)]
+            pieces = [(tokenizer.decode([int(tokens[w, j])]), float(acts[w][j, col])) for j in range(lo, hi)]
             rows.append({"value": value, "pieces": pieces, "at": t - lo})
-        out[int(latent)] = rows
+        out[latent] = rows
     return out
 
 

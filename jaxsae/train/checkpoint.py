@@ -64,7 +64,7 @@ class Checkpointer:
         where = os.path.join(self.directory, str(step))
         try:
             saved = self.manager.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))["manifest"]
-        except Exception as e:  # noqa: BLE001 - re-raised with the checkpoint named
+        except Exception as e:
             raise CheckpointError(f"checkpoint {where} has an unreadable manifest ({type(e).__name__}: {e}); "
                                   "delete that step directory to resume from an older one") from e
         diffs = [k for k in MATCH_KEYS if saved.get(k) != manifest.get(k)]
@@ -75,7 +75,7 @@ class Checkpointer:
         try:
             state = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))["state"]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CheckpointError(f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {e}); "
                                   "delete that step directory to resume from an older one") from e
         return step, state

@@ -188,8 +188,7 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
             rows[-1]["tokens_per_s"] = tok_s
             if jax.process_index() == 0:  # one writer; every process computed the same metrics
                 with open(metrics_path, "a") as f:
-                    for r in rows:
-                        f.write(json.dumps(r) + "\n")
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
             run.metrics.extend(rows)
             last = rows[-1]
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",

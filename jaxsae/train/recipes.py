@@ -65,7 +65,7 @@ def resolve(architecture: str, activation: str, d_sae: int, t: TrainConfig) -> S
     arch = activation if architecture == "transcoder" else architecture
     r = recipe(arch, d_sae)
     n = t.steps
-    pick = lambda v, d: d if v is None else v  # noqa: E731
+    pick = lambda v, d: d if v is None else v
     # a negative published sparsity warm-up means "this percentage of the run"
     sw = r.sparsity_warmup_steps if r.sparsity_warmup_steps >= 0 else n * (-r.sparsity_warmup_steps) // 100
     decay_frac = pick(t.lr_decay_fraction, r.lr_decay_fraction)
