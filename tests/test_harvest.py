@@ -154,3 +154,17 @@ def test_corrupt_or_truncated_shards_are_named(lm_dir, tmp_path):
         store_lib.Store(root).site("blocks.1.hook_resid_post")
     with pytest.raises(store_lib.StoreError, match="no manifest.json"):
         store_lib.Store(str(tmp_path))
+
+
+def test_bfloat16_harvest_stores_bfloat16_rows(lm_dir, tmp_path):
+    lm_cfg, text_cfg = _cfgs(lm_dir, windows=8)
+    f32 = _rows(harvest_lib.harvest(lm_cfg, text_cfg, str(tmp_path / "a"), progress=False) and str(tmp_path / "a"),
+                "blocks.1.hook_resid_post")
+    bf = LMConfig(**{**lm_cfg.__dict__, "dtype": "bfloat16"})
+    harvest_lib.harvest(bf, text_cfg, str(tmp_path / "b"), progress=False)
+    rows = _rows(str(tmp_path / "b"), "blocks.1.hook_resid_post")
+    assert rows.dtype == "bfloat16" and rows.shape == f32.shape
+    assert os.path.getsize(os.path.join(tmp_path / "b", "blocks.1.hook_resid_post", "shard_000000.npy")) < \
+        0.6 * os.path.getsize(os.path.join(tmp_path / "a", "blocks.1.hook_resid_post", "shard_000000.npy"))
+    rel = np.abs(rows.astype(np.float32) - f32).max() / np.abs(f32).max()
+    assert rel < 0.05, rel  # a bf16 model's activations, close to the float32 ones

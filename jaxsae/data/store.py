@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 
 MANIFEST = "manifest.json"
@@ -70,7 +71,10 @@ def write_shard(root: str, site: str, index: int, rows_nd: np.ndarray) -> dict:
     os.makedirs(os.path.join(root, site), exist_ok=True)
     rel = shard_name(site, index)
     path = os.path.join(root, rel)
-    atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(rows_nd)))
+    rows_nd = np.ascontiguousarray(rows_nd)
+    if rows_nd.dtype == ml_dtypes.bfloat16:  # .npy has no bfloat16: stored as its bits, typed by the manifest
+        rows_nd = rows_nd.view(np.uint16)
+    atomic_write_bytes(path, lambda f: np.save(f, rows_nd))
     return {"file": rel, "rows": int(rows_nd.shape[0]), "sha256": sha256(path)}
 
 
@@ -105,6 +109,8 @@ class Store:
             except Exception as e:
                 raise StoreError(f"corrupt shard {path}: unreadable ({type(e).__name__}: {e}); "
                                  "delete the store and harvest again") from e
+            if self.manifest.get("dtype") == "bfloat16" and arr.dtype == np.uint16:
+                arr = arr.view(ml_dtypes.bfloat16)
             if arr.shape != (shard["rows"], info["d"]):
                 raise StoreError(f"corrupt shard {path}: shape {arr.shape}, the manifest says "
                                  f"{(shard['rows'], info['d'])}; delete the store and harvest again")
