@@ -72,7 +72,11 @@ def _finish_stats(manifest: dict) -> None:
 
 def harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int = 0, mesh=None,
             progress: bool = True) -> dict:
-    """Write (or finish) the store at `out_dir`; returns its manifest."""
+    """Write (or finish) the store at `out_dir`; returns its manifest. One host writes the store (its
+    batch may still be sharded over all of that host's devices)."""
+    if jax.process_count() > 1:
+        raise ValueError("harvest writes one store from one host; run it as a single process (training from the "
+                         "store is multi-host: every process reads its share)")
     lm, tok = load_lm(lm_cfg, mesh)
     ds = token_windows(text_cfg, tok, lm_cfg.context, seed)
     bw = lm_cfg.batch_windows
