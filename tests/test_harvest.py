@@ -168,3 +168,14 @@ def test_bfloat16_harvest_stores_bfloat16_rows(lm_dir, tmp_path):
         0.6 * os.path.getsize(os.path.join(tmp_path / "a", "blocks.1.hook_resid_post", "shard_000000.npy"))
     rel = np.abs(rows.astype(np.float32) - f32).max() / np.abs(f32).max()
     assert rel < 0.05, rel  # a bf16 model's activations, close to the float32 ones
+
+
+def test_harvest_with_the_batch_sharded_over_eight_devices_equals_one(lm_dir, tmp_path):
+    from jaxsae import sharding
+
+    lm_cfg, text_cfg = _cfgs(lm_dir, windows=16, batch_windows=8)
+    harvest_lib.harvest(lm_cfg, text_cfg, str(tmp_path / "one"), progress=False)
+    harvest_lib.harvest(lm_cfg, text_cfg, str(tmp_path / "eight"), mesh=sharding.make_mesh(8, 1), progress=False)
+    for site in lm_cfg.sites:
+        np.testing.assert_allclose(_rows(str(tmp_path / "eight"), site), _rows(str(tmp_path / "one"), site),
+                                   rtol=1e-5, atol=1e-6)
