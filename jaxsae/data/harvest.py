@@ -117,8 +117,7 @@ def harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int = 0,
         keep = tokens_lib.content_mask(tokens_bt, specials)
         index = start // bw
         for site in lm_cfg.sites:
-            a = np.asarray(acts[site])
-            rows = a[keep].reshape(int(keep.sum()), -1).astype(out_dtype)
+            rows = tokens_lib.text_rows(acts[site], keep).astype(out_dtype)
             entry = store_lib.write_shard(out_dir, site, index, rows)
             info = manifest["sites"].setdefault(site, {"d": rows.shape[1], "shards": []})
             info["shards"].append(entry)

@@ -52,9 +52,8 @@ class StreamSource:
             w0 = (c % self.n_chunks) * self.chunk_windows
             rows = []
             for s in range(w0, w0 + self.chunk_windows, self.bw):
-                acts = np.asarray(self.capture(jnp.asarray(self.tokens[s : s + self.bw]))[self.site], np.float32)
-                rows.append(acts[self.keep[s : s + self.bw]].reshape(-1, acts.shape[-1] if acts.ndim == 3 else
-                                                                     acts.shape[-2] * acts.shape[-1]))
+                acts = self.capture(jnp.asarray(self.tokens[s : s + self.bw]))[self.site]
+                rows.append(tokens_lib.text_rows(acts, self.keep[s : s + self.bw]).astype(np.float32))
             x = np.concatenate(rows)
             self._cache[c] = x[np.random.default_rng((self.seed, c)).permutation(len(x))]
         return self._cache[c]

@@ -27,6 +27,13 @@ def content_mask(tokens_bt: np.ndarray, specials: tuple[int, ...]) -> np.ndarray
     return ~np.isin(np.asarray(tokens_bt), np.asarray(specials, dtype=np.int64))
 
 
+def text_rows(acts_bt_, keep_bt: np.ndarray) -> np.ndarray:
+    """Activations [batch, seq, ...] at the text positions as rows [n, width] (per-head sites'
+    trailing [heads, head_dim] flattened), in window order."""
+    acts = np.asarray(acts_bt_)
+    return acts[keep_bt].reshape(int(keep_bt.sum()), -1)
+
+
 def pack(token_lists, context: int, bos_id: int) -> np.ndarray:
     """[n_windows, context] int32: BOS-separated documents cut into windows that start with BOS
     (the last partial window is dropped)."""

@@ -91,7 +91,7 @@ def _next_token_terms(logits_btv, ref_logp_btv, tokens_bt, valid_bt):
     logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
     target = tokens_bt[:, 1:]
     nll = -jnp.take_along_axis(logp[:, :-1], target[..., None], axis=-1)[..., 0]
-    mask = valid_bt[:, 1:] if valid_bt is not None else jnp.ones_like(nll, bool)
+    mask = valid_bt[:, 1:]
     ce = jnp.where(mask, nll, 0.0).sum()
     kl = None
     if ref_logp_btv is not None:
@@ -129,7 +129,7 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
              progress: bool = True) -> dict:
     """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
     `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
-    "top", "tokens"} for the report."""
+    "top", "tokens", "site"} plus the capture/encode functions the report re-runs contexts with."""
     if sites.parse(site)[1] == "attn.hook_z":
         raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
     capture = sites.capture_fn(lm, [site])
@@ -144,10 +144,9 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     bar = tqdm(total=n_windows, desc="eval: reconstruction", unit="win", disable=not progress, dynamic_ncols=True)
     for start in range(0, n_windows, batch_windows):
         tok = all_tokens[start : start + batch_windows]
-        x_btd = np.asarray(capture(jnp.asarray(tok))[site], np.float32)
         keep = tokens_lib.content_mask(tok, specials)
         w, t = np.nonzero(keep)
-        x = x_btd[keep]
+        x = tokens_lib.text_rows(capture(jnp.asarray(tok))[site], keep).astype(np.float32)
         f = encode(sae, jnp.asarray(x))
         stream.add(x, decode(sae, f), np.asarray(f), len(row_of))
         row_of.extend(zip((w + start).tolist(), t.tolist()))
