@@ -9,12 +9,11 @@ seed, so the default 1 gives different windows).
 """
 
 import json
-import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from jaxsae import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config preset (model and text).")
@@ -28,18 +27,13 @@ _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle
 
 def main(argv):
     del argv
-    logging.getLogger("jaxsae").setLevel(logging.INFO)
     from jaxsae.evals.run import evaluate_export
 
-    try:
-        cfg = config_lib.from_configdict(_CONFIG.value)
-        metrics = evaluate_export(_SAE.value, cfg.data, _OUT.value, seed=_SEED.value, windows=_WINDOWS.value,
-                                  downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = config_lib.from_configdict(_CONFIG.value)
+    metrics = evaluate_export(_SAE.value, cfg.data, _OUT.value, seed=_SEED.value, windows=_WINDOWS.value,
+                              downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value)
     print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,12 +9,11 @@ re-hashes every shard of a finished store and names any corrupt one.
 """
 
 import json
-import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from jaxsae import config as config_lib
 from jaxsae import sharding
 
@@ -24,26 +23,21 @@ _VERIFY = flags.DEFINE_bool("verify", False, "Only verify the store at data.path
 
 def main(argv):
     del argv
-    logging.getLogger("jaxsae").setLevel(logging.INFO)
     from jaxsae.data import harvest, store
 
-    try:
-        cfg = config_lib.from_configdict(_CONFIG.value)
-        if not cfg.data.path:
-            raise ValueError("set --config.data.path=DIR: where the store is written")
-        if _VERIFY.value:
-            store.Store(cfg.data.path, verify=True)
-            print(f"{cfg.data.path}: every shard matches the manifest")
-            return
-        mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
-        manifest = harvest.harvest(cfg.data.lm, cfg.data.text, cfg.data.path, seed=cfg.seed, mesh=mesh)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = config_lib.from_configdict(_CONFIG.value)
+    if not cfg.data.path:
+        raise ValueError("set --config.data.path=DIR: where the store is written")
+    if _VERIFY.value:
+        store.Store(cfg.data.path, verify=True)
+        print(f"{cfg.data.path}: every shard matches the manifest")
+        return
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    manifest = harvest.harvest(cfg.data.lm, cfg.data.text, cfg.data.path, seed=cfg.seed, mesh=mesh)
     summary = {k: manifest[k] for k in ("model", "site_names", "tokens", "windows_done", "dtype", "context")}
     summary["norm_scale"] = {s: v["norm_scale"] for s, v in manifest["sites"].items()}
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

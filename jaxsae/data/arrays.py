@@ -24,7 +24,18 @@ def load_npy(path: str, name: str = "data.path") -> np.ndarray:
         raise ValueError(f"{name}: {path!r} must be a 2-D float array [N, width], got shape {arr.shape} dtype {arr.dtype}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name}: {path!r} has no rows")
+    bad = nonfinite_rows(arr)
+    if len(bad):
+        raise ValueError(f"{name}: {path!r} has {len(bad)} row(s) holding nan/inf (first: row {bad[0]}); "
+                         "drop or fix them before training, e.g. x = x[np.isfinite(x).all(1)]")
     return arr
+
+
+def nonfinite_rows(arr: np.ndarray, chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """Indices of rows holding nan/inf, read in chunks (a memory map is never loaded whole)."""
+    step = max(1, chunk_bytes // max(1, arr.shape[1] * arr.dtype.itemsize))
+    bad = [np.nonzero(~np.isfinite(arr[i : i + step]).all(axis=1))[0] + i for i in range(0, arr.shape[0], step)]
+    return np.concatenate(bad)
 
 
 class ArraySource:

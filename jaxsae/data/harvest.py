@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxsae import axes, sharding, sites
+from jaxsae import axes, runlock, sharding, sites
+from jaxsae.atomic import remove_temporaries
 from jaxsae.config import LMConfig, TextConfig
 from jaxsae.data import store as store_lib
 from jaxsae.data import text as text_lib
@@ -77,6 +78,16 @@ def harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int = 0,
     if jax.process_count() > 1:
         raise ValueError("harvest writes one store from one host; run it as a single process (training from the "
                          "store is multi-host: every process reads its share)")
+    with runlock.hold(out_dir, "harvest"):
+        try:
+            return _harvest(lm_cfg, text_cfg, out_dir, seed, mesh, progress)
+        except KeyboardInterrupt:
+            done = (store_lib.read_manifest(out_dir) or {}).get("windows_done", 0)
+            raise KeyboardInterrupt(f"harvest interrupted after {done} windows (all written and listed in "
+                                    f"{out_dir}/manifest.json); rerun the same command to resume from there") from None
+
+
+def _harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int, mesh, progress: bool) -> dict:
     lm, tok = load_lm(lm_cfg, mesh)
     ds = token_windows(text_cfg, tok, lm_cfg.context, seed)
     bw = lm_cfg.batch_windows
@@ -100,10 +111,7 @@ def harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int = 0,
             return manifest
         log.info("resuming harvest at window %d of %d", manifest["windows_done"], n_windows)
 
-    for folder, _, files in os.walk(out_dir):  # temporaries of a killed writer
-        for f in files:
-            if ".tmp-" in f:
-                os.remove(os.path.join(folder, f))
+    remove_temporaries(out_dir)  # half-written files of a killed writer (never listed in the manifest)
     capture = sites.capture_fn(lm, lm_cfg.sites)
     specials = tokens_lib.special_ids(tok)
     tok_sh = sharding.named(mesh, (axes.BATCH, axes.SEQ)) if mesh is not None else None
@@ -118,6 +126,11 @@ def harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int = 0,
         index = start // bw
         for site in lm_cfg.sites:
             rows = tokens_lib.text_rows(acts[site], keep).astype(out_dtype)
+            if not np.isfinite(rows).all():
+                raise store_lib.StoreError(
+                    f"the model's activations at {site} hold nan/inf in windows {start}..{start + bw - 1}; nothing of "
+                    f"this batch was written ({out_dir} keeps the {manifest['windows_done']} windows before it). "
+                    "A bfloat16 model can overflow: harvest with --config.data.lm.dtype=float32")
             entry = store_lib.write_shard(out_dir, site, index, rows)
             info = manifest["sites"].setdefault(site, {"d": rows.shape[1], "shards": []})
             info["shards"].append(entry)

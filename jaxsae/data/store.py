@@ -18,6 +18,8 @@ import os
 import ml_dtypes
 import numpy as np
 
+from jaxsae.atomic import atomic_write_bytes
+
 MANIFEST = "manifest.json"
 FORMAT = "jaxsae-activation-store/1"
 
@@ -32,16 +34,6 @@ def sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through `write(file)` to a temporary file, fsync, then rename over `path`."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(root: str, manifest: dict) -> None:

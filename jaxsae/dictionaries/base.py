@@ -240,8 +240,12 @@ def fvu_batch(y_bo: jax.Array, err_bo: jax.Array) -> jax.Array:
 
 
 def base_metrics(y_bo: jax.Array, yhat_bo: jax.Array, l0: jax.Array) -> dict[str, jax.Array]:
+    """Per-step monitors (in the model's normalised units): l2_loss is the squared error summed over
+    features and averaged over rows (what the loss uses; SAELens logs it as mse_loss), mse the mean
+    over every element (l2_loss / width)."""
     err = y_bo - yhat_bo
-    return {"mse": sse_mean(err), "fvu": fvu_batch(y_bo, err), "l0": l0}
+    l2 = sse_mean(err)
+    return {"l2_loss": l2, "mse": l2 / err.shape[-1], "fvu": fvu_batch(y_bo, err), "l0": l0}
 
 
 def topk_relu(pre_bf: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:

@@ -1,8 +1,8 @@
-"""Core evaluation of a dictionary at one hook site of a language model (methods.md section 9).
+"""Core evaluation of a dictionary at one hook site of a language model (docs/methods.md section 9).
 
 Reconstruction (over every text token of the evaluation windows; BOS/pad excluded):
-  L0, L1, MSE (per token, and per dimension), FVU against the dataset mean in streaming form
-  (sum|x|^2 - N|mean x|^2 in the denominator), explained variance, cosine similarity, l2_ratio,
+  L0, L1, l2_loss (squared error summed over dimensions, per token), MSE (per element), FVU against
+  the dataset mean in streaming form (sum|x|^2 - N|mean x|^2 in the denominator), explained variance, cosine similarity, l2_ratio,
   relative reconstruction bias (shrinkage: gamma < 1), latent densities (dead, dense over 1% and
   10%, a log10 density histogram) and the top-activating contexts of every latent.
 Downstream (the dictionary spliced into the LM; BOS positions keep their clean activations;
@@ -14,6 +14,9 @@ every variant scored on the same next-token targets, float32):
 from __future__ import annotations
 
 import heapq
+import logging
+import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsae import sites
+from jaxsae.atomic import atomic_write_bytes
 from jaxsae.data import tokens as tokens_lib
 
 TOP_CONTEXTS = 8
+log = logging.getLogger("jaxsae")
 
 
 class _Stream:
@@ -77,8 +82,8 @@ class _Stream:
         fvu = self.sum_sq_err / max(total_var, 1e-30)
         p = self.fires / n
         return {
-            "n_tokens": self.n, "l0": self.sum_l0 / n, "l1": self.sum_l1 / n, "mse": self.sum_sq_err / n,
-            "mse_per_dim": self.sum_sq_err / n / d, "fvu": fvu, "explained_variance": 1.0 - fvu,
+            "n_tokens": self.n, "l0": self.sum_l0 / n, "l1": self.sum_l1 / n, "l2_loss": self.sum_sq_err / n,
+            "mse": self.sum_sq_err / n / d, "fvu": fvu, "explained_variance": 1.0 - fvu,
             "cosine_similarity": self.sum_cos / n, "l2_ratio": self.sum_ratio / n,
             "relative_reconstruction_bias": self.sum_sq_xhat / max(self.sum_dot, 1e-30),
             "dead_fraction": float((p == 0).mean()), "dense_fraction_over_1_percent": float((p > 0.01).mean()),
@@ -125,11 +130,40 @@ def _mean(x, m):
 SPLICES = {"sae": _keep_bos_clean(_reconstruct), "zero": _keep_bos_clean(_zero), "mean": _keep_bos_clean(_mean)}
 
 
+class _Progress:
+    """The evaluation's running state, saved atomically after every batch to `path` (when given) under
+    an identity (what was evaluated, how), so a killed evaluation resumes at the batch it reached."""
+
+    def __init__(self, path: str | None, identity: dict | None, fresh: dict):
+        self.path, self.identity = path, identity
+        self.state = fresh
+        if path and os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    saved = pickle.load(f)
+            except Exception:  # noqa: BLE001 - a damaged progress file only costs a recomputation
+                saved = None
+            if saved and saved.get("identity") == identity:
+                self.state = saved["state"]
+                log.info("evaluation resumes at %s window %d (%s)", self.state["phase"], self.state["next"], path)
+
+    def save(self) -> None:
+        if self.path:
+            blob = pickle.dumps({"identity": self.identity, "state": self.state})
+            atomic_write_bytes(self.path, lambda f: f.write(blob))
+
+    def done(self) -> None:
+        if self.path and os.path.isfile(self.path):
+            os.remove(self.path)
+
+
 def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int, specials, downstream_windows: int,
-             progress: bool = True) -> dict:
+             progress: bool = True, progress_path: str | None = None, identity: dict | None = None) -> dict:
     """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
     `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
-    "top", "tokens", "site"} plus the capture/encode functions the report re-runs contexts with."""
+    "top", "tokens", "site"} plus the capture/encode functions the report re-runs contexts with.
+    With `progress_path`, the running sums are saved there after every batch and a rerun with the
+    same `identity` resumes from them (the file is removed when the evaluation completes)."""
     if sites.parse(site)[1] == "attn.hook_z":
         raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
     capture = sites.capture_fn(lm, [site])
@@ -139,10 +173,15 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     if n_windows == 0:
         raise ValueError(f"fewer evaluation windows than one batch of {batch_windows}")
     all_tokens = tokens_lib.batch_array(windows_ds, 0, n_windows)
-    stream = _Stream(sae.d_in, sae.d_sae)
-    row_of = []  # row id -> (window, position)
-    bar = tqdm(total=n_windows, desc="eval: reconstruction", unit="win", disable=not progress, dynamic_ncols=True)
-    for start in range(0, n_windows, batch_windows):
+    prog = _Progress(progress_path, identity, {
+        "phase": "reconstruction", "next": 0, "stream": _Stream(sae.d_in, sae.d_sae), "row_of": [],
+        "sums": dict.fromkeys(("clean", "sae", "zero", "mean", "kl_sae", "kl_zero", "kl_mean", "n"), 0.0)})
+    st = prog.state
+    stream, row_of, sums = st["stream"], st["row_of"], st["sums"]  # row_of: row id -> (window, position)
+    first = st["next"] if st["phase"] == "reconstruction" else n_windows
+    bar = tqdm(total=n_windows, initial=first, desc="eval: reconstruction", unit="win", disable=not progress,
+               dynamic_ncols=True)
+    for start in range(first, n_windows, batch_windows):
         tok = all_tokens[start : start + batch_windows]
         keep = tokens_lib.content_mask(tok, specials)
         w, t = np.nonzero(keep)
@@ -150,15 +189,19 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
         f = encode(sae, jnp.asarray(x))
         stream.add(x, decode(sae, f), np.asarray(f), len(row_of))
         row_of.extend(zip((w + start).tolist(), t.tolist()))
+        st["next"] = start + batch_windows
+        prog.save()
         bar.update(batch_windows)
     bar.close()
     metrics = stream.metrics(sae.d_in)
     mean_d = stream.sum_x / max(stream.n, 1)
 
     n_down = min(downstream_windows, n_windows) // batch_windows * batch_windows
-    sums = dict.fromkeys(("clean", "sae", "zero", "mean", "kl_sae", "kl_zero", "kl_mean", "n"), 0.0)
-    bar = tqdm(total=n_down, desc="eval: downstream", unit="win", disable=not progress, dynamic_ncols=True)
-    for start in range(0, n_down, batch_windows):
+    if st["phase"] == "reconstruction":
+        st["phase"], st["next"] = "downstream", 0
+    bar = tqdm(total=n_down, initial=st["next"], desc="eval: downstream", unit="win", disable=not progress,
+               dynamic_ncols=True)
+    for start in range(st["next"], n_down, batch_windows):
         tok = jnp.asarray(all_tokens[start : start + batch_windows])
         valid = jnp.asarray(tokens_lib.content_mask(np.asarray(tok), specials))
         clean_ce, _, ref = _next_token_terms(lm(tok), None, tok, valid)
@@ -169,8 +212,11 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
             ce, kl, _ = _next_token_terms(patched(tok), ref, tok, valid)
             sums[name] += float(ce)
             sums[f"kl_{name}"] += float(kl)
+        st["next"] = start + batch_windows
+        prog.save()
         bar.update(batch_windows)
     bar.close()
+    prog.done()
     n = max(sums["n"], 1.0)
     ce = {k: sums[k] / n for k in ("clean", "sae", "zero", "mean")}
     kl = {k: sums[f"kl_{k}"] / n for k in ("sae", "zero", "mean")}

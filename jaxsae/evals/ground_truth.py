@@ -1,4 +1,4 @@
-"""Recovery of known features (methods.md §9, "Ground truth on toy models").
+"""Recovery of known features (docs/methods.md section 9.8).
 
 MMCS(D, G) = mean over true features g of max over learned vectors d of cos(g, d). It is
 asymmetric, so the reverse direction (mean over learned latents of their best match) is reported

@@ -4,20 +4,25 @@ PNG plots and report.html into one directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 
 import numpy as np
 
+from jaxsae import runlock
+from jaxsae.atomic import atomic_write_text
 from jaxsae.config import DataConfig
 from jaxsae.data import harvest as harvest_lib
+from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
 from jaxsae.evals import core
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
 
 log = logging.getLogger("jaxsae")
+PROGRESS = ".eval_progress.pkl"
 
 
 def site_of(export_dir: str, data: DataConfig) -> str:
@@ -30,23 +35,49 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
                     downstream_windows: int = 16, n_latents: int = 12, progress: bool = True) -> dict:
     """metrics.json, density/L0 plots and report.html for the export at `export_dir`; returns the metrics.
     `seed` picks the evaluation windows (use a different one from the harvest's for held-out text)."""
+    with runlock.hold(out_dir, "evaluation"):
+        return _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress)
+
+
+def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: int, downstream_windows: int,
+              n_latents: int) -> dict:
+    """What an evaluation's results depend on (the export by content, not by name)."""
+    return {"export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
+            "site": site, "model": os.path.abspath(harvest_lib.model_path(data.lm)), "text": dataclasses.asdict(data.text),
+            "context": data.lm.context, "batch_windows": data.lm.batch_windows, "seed": seed, "windows": windows,
+            "downstream_windows": downstream_windows, "latents": n_latents}
+
+
+def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress) -> dict:
     sae = saelens.load(export_dir)
     site = site_of(export_dir, data)
+    ident = _identity(export_dir, data, site, seed, windows, downstream_windows, n_latents)
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    if os.path.isfile(metrics_path) and os.path.isfile(os.path.join(out_dir, "report.html")):
+        with open(metrics_path) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError:
+                old = {}
+        if old.get("identity") == ident:
+            log.info("%s already holds this evaluation (same export, model, text and settings): nothing to do",
+                     out_dir)
+            return old
     lm, tok = harvest_lib.load_lm(data.lm)
     ds = harvest_lib.token_windows(data.text, tok, data.lm.context, seed)
     result = core.evaluate(lm, sae, site, ds, windows, data.lm.batch_windows, tokens_lib.special_ids(tok),
-                           downstream_windows, progress=progress)
+                           downstream_windows, progress=progress, progress_path=os.path.join(out_dir, PROGRESS),
+                           identity=ident)
     metrics = {"site": site, "export": os.path.abspath(export_dir), "model": harvest_lib.model_path(data.lm),
-               **result["metrics"]}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+               **result["metrics"], "identity": ident}
     paths = report.plots(result, out_dir)
     alive = np.nonzero(result["density"] > 0)[0]
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(alive, size=min(n_latents, len(alive)), replace=False).tolist()) if len(alive) else []
     contexts = report.context_rows(result, sample, tok, batch=data.lm.batch_windows)
-    report.write_report(out_dir, f"{os.path.basename(os.path.abspath(export_dir))} at {site}", metrics, paths,
+    shown = {k: v for k, v in metrics.items() if k != "identity"}
+    report.write_report(out_dir, f"{os.path.basename(os.path.abspath(export_dir))} at {site}", shown, paths,
                         contexts, result["density"])
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))  # last: its presence means the rest is there
     log.info("wrote %s", os.path.join(out_dir, "report.html"))
     return metrics

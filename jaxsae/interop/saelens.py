@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxsae.atomic import atomic_copy_into, atomic_write_text
 from jaxsae.dictionaries.base import Dictionary
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.dictionaries.gated import Gated
@@ -77,12 +78,11 @@ def save(sae: SAE, path: str, metadata: dict[str, Any] | None = None) -> str:
     """Write `sae` as a SAELens directory at `path` (created; files replaced atomically)."""
     cfg, tensors = to_saelens(sae, metadata)
     os.makedirs(path, exist_ok=True)
-    tmp_w, tmp_c = os.path.join(path, WEIGHTS + ".tmp"), os.path.join(path, CFG + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp_w)
-    with open(tmp_c, "w") as f:
-        json.dump(cfg, f, indent=2)
-    os.replace(tmp_w, os.path.join(path, WEIGHTS))
-    os.replace(tmp_c, os.path.join(path, CFG))
+    # weights first, config last: a kill in between leaves the old config beside new weights of the
+    # same run, never a half-written file under either name
+    atomic_copy_into(os.path.join(path, WEIGHTS),
+                     lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp))
+    atomic_write_text(os.path.join(path, CFG), json.dumps(cfg, indent=2))
     return path
 
 
@@ -100,8 +100,14 @@ def load(path: str) -> SAE:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{path!r} is not a SAELens directory: its {what} file {os.path.basename(p)} "
                                     f"is missing (expected {CFG} and {WEIGHTS})")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e}); the SAELens config is damaged") from e
+    for key in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(key), int):
+            raise ValueError(f"{cfg_path}: needs an integer {key!r} (found {cfg.get(key)!r})")
     arch = cfg.get("architecture", "standard")
     if arch not in LOADABLE:
         raise ValueError(f"{path}: architecture {arch!r} is not supported; loadable: {', '.join(LOADABLE)}")
@@ -109,12 +115,21 @@ def load(path: str) -> SAE:
     if norm not in ("none", None):
         raise ValueError(f"{path}: normalize_activations={norm!r} is not supported on load; jaxsae reads "
                          "dictionaries whose weights act on raw activations ('none')")
-    tensors = {k: np.asarray(v, np.float32) for k, v in load_file(w_path).items()}
+    try:
+        tensors = {k: np.asarray(v, np.float32) for k, v in load_file(w_path).items()}
+    except Exception as e:  # safetensors' own errors do not name the file
+        raise ValueError(f"{w_path}: unreadable safetensors file ({type(e).__name__}: {e}); it is truncated or "
+                         "damaged: copy or export it again") from e
     _need(tensors, ("W_enc", "W_dec", "b_dec"), path, arch)
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     if tensors["W_enc"].shape != (d_in, d_sae):
         raise ValueError(f"{path}: W_enc has shape {tensors['W_enc'].shape}, cfg says [{d_in}, {d_sae}]")
+    if tensors["W_dec"].ndim != 2 or tensors["W_dec"].shape[0] != d_sae:
+        raise ValueError(f"{path}: W_dec has shape {tensors['W_dec'].shape}, cfg.json's d_sae={d_sae} needs "
+                         f"[{d_sae}, d_out]; the weights and cfg.json disagree")
     d_out = tensors["W_dec"].shape[1]
+    if "d_out" in cfg and cfg["d_out"] != d_out:
+        raise ValueError(f"{path}: W_dec has shape {tensors['W_dec'].shape}, cfg.json says d_out={cfg['d_out']}")
     is_tc = arch.endswith("transcoder")
     skip = "skip" in arch
     common = dict(d_in=d_in, d_sae=d_sae, d_out=d_out if d_out != d_in or is_tc else None, skip=skip,
@@ -150,7 +165,13 @@ def load(path: str) -> SAE:
         tensors["W_dec"] = tensors["W_dec"] / n_f[:, None]
         tensors["W_enc"] = tensors["W_enc"] * n_f[None, :]
         tensors["b_enc"] = tensors["b_enc"] * n_f
-    names = set(spec.param_shapes())
-    params = {k: jnp.asarray(v) for k, v in tensors.items() if k in names}
-    _need(params, tuple(sorted(names)), path, arch)
+    shapes = spec.param_shapes()
+    params = {k: jnp.asarray(v) for k, v in tensors.items() if k in shapes}
+    _need(params, tuple(sorted(shapes)), path, arch)
+    wrong = {k: (tuple(params[k].shape), tuple(want)) for k, (want, _) in shapes.items()
+             if tuple(params[k].shape) != tuple(want)}
+    if wrong:
+        detail = ", ".join(f"{k} is {got} but should be {want}" for k, (got, want) in sorted(wrong.items()))
+        raise ValueError(f"{w_path}: tensor shapes disagree with {CFG} (d_in={d_in}, d_sae={d_sae}, d_out={d_out}): "
+                         f"{detail}")
     return SAE(spec, params)

@@ -4,12 +4,13 @@
 Kaggle/Flax orbax checkpoint, and returns
 a `LanguageModel` whose `__call__(tokens [batch, seq]) -> logits [batch, seq, vocab]`.
 `load_tokenizer(path)` reads a .gguf file's tokenizer, a tokenizer.json or GPT-2 BPE files;
-`packaged.smollm2_path()` finds the packaged SmolLM2-135M GGUF (see DESIGN.md).
+`packaged.smollm2_path()` finds the packaged SmolLM2-135M GGUF (see docs/design.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -67,13 +68,24 @@ def place(model: LanguageModel, mesh) -> LanguageModel:
 
 def load(path: str, dtype=jnp.float32, mesh=None) -> LanguageModel:
     """Load an HF-format model directory (config.json + safetensors shards), a .gguf file, or a
-    Gemma Kaggle/Flax orbax checkpoint directory, without torch. Weights are cast to `dtype`; with a `mesh`, each tensor goes from the file
-    straight to its shards (see placement.py), never whole onto one device."""
+    Gemma Kaggle/Flax orbax checkpoint directory, without torch. Weights are cast to `dtype`; with a
+    `mesh`, each tensor goes from the file straight to its shards (see placement.py), never whole onto one device."""
     put = Placer(dtype, mesh)
-    if str(path).endswith(".gguf"):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointFormatError(f"{path!r}: no such file or directory; models.load takes a .gguf file, an HF "
+                                    "model directory (config.json + *.safetensors) or a Gemma Kaggle checkpoint")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise CheckpointFormatError(
+                f"{path!r} is a file but not a GGUF file (it starts with {magic!r}, a GGUF file with b'GGUF'); "
+                "models.load takes a .gguf file, or the directory of an HF model (config.json + *.safetensors) "
+                "or of a Gemma Kaggle checkpoint")
         from jaxsae.models import gguf_file
 
-        cfg, tensors = gguf_file.read(str(path))
+        cfg, tensors = gguf_file.read(path)
         return LanguageModel(llama.build(cfg, tensors, put), cfg)
     from jaxsae.models import kaggle_gemma
 

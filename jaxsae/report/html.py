@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from jaxsae.atomic import atomic_write_bytes
+
 
 def plots(result: dict, out_dir: str) -> dict[str, str]:
     """Density histogram and per-token L0 histogram as PNG files; returns {name: path}."""
@@ -27,7 +29,7 @@ def plots(result: dict, out_dir: str) -> dict[str, str]:
     ax.set_title("Latent density")
     fig.tight_layout()
     paths["density"] = os.path.join(out_dir, "density_histogram.png")
-    fig.savefig(paths["density"], dpi=110)
+    atomic_write_bytes(paths["density"], lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     l0 = result["l0_tokens"]
@@ -37,7 +39,7 @@ def plots(result: dict, out_dir: str) -> dict[str, str]:
     ax.set_title(f"L0 per token (mean {l0.mean():.1f})" if len(l0) else "L0 per token")
     fig.tight_layout()
     paths["l0"] = os.path.join(out_dir, "l0_histogram.png")
-    fig.savefig(paths["l0"], dpi=110)
+    atomic_write_bytes(paths["l0"], lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return paths
 
@@ -100,6 +102,5 @@ def write_report(out_dir: str, title: str, metrics: dict, plot_paths: dict, cont
 token shaded by its activation (hover for values).</p>{''.join(feats)}
 <script type='application/json' id='metrics'>{html.escape(json.dumps(metrics))}</script></body></html>"""
     path = os.path.join(out_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(doc)
+    atomic_write_bytes(path, lambda f: f.write(doc.encode("utf-8")))
     return path

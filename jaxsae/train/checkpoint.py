@@ -1,88 +1,203 @@
-"""Orbax checkpoints of the train state, with a JSON manifest checked on resume.
+"""Orbax checkpoints of the train state, verified on restore.
 
-A run resumes only from a checkpoint whose manifest matches its own (architecture and widths,
-data stream, seed, batch size); anything else, and any checkpoint that cannot be read, is a
-`CheckpointError` naming the problem and the fix. Never a silent restart from scratch.
+Each checkpoint step holds four items: the train state, the run manifest (checked on resume: a
+checkpoint written by a different run is refused), the data iterator's state, and `integrity`: a
+hash of every state array (jaxsae.train.fingerprint). Saving refuses non-finite state, so a
+diverged run can never replace good checkpoints with poisoned ones. Restoring re-hashes every
+array; a checkpoint that is corrupt, truncated or unreadable is named, moved to
+`checkpoints.quarantine/` beside the checkpoint directory, and the run falls back to the newest
+good one. If none is good the run refuses to start, saying what to delete. Leftover temporary
+folders of interrupted saves are reported and moved aside too. Nothing is ever deleted except by
+the manager's own rotation of good checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from jaxsae.train import fingerprint
+
+log = logging.getLogger("jaxsae")
+
+# manifest keys whose change makes a checkpoint unusable for exact resume
+MATCH_KEYS = ("spec", "data", "seed", "batch_size", "d_in", "d_out")
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names it and the fix."""
 
 
-# manifest keys whose change makes a checkpoint unusable for exact resume
-MATCH_KEYS = ("spec", "data", "seed", "batch_size", "d_in", "d_out")
+class NonFiniteStateError(RuntimeError):
+    """The state to be saved holds nan/inf; it was not saved."""
+
+    def __init__(self, step: int, leaves: list[str]):
+        self.step, self.leaves = step, leaves
+        super().__init__(f"state at step {step} holds nan/inf in {', '.join(leaves[:4])}"
+                         f"{' ...' if len(leaves) > 4 else ''}")
+
+
+class _Unusable(Exception):
+    """Internal: this checkpoint step cannot be used (corrupt, incomplete); carries a one-line reason."""
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (orbax/TensorStore errors can run
+    to hundreds of lines of spec)."""
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    first = first if len(first) <= limit else first[:limit] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: Any
+    data: dict | None
+    manifest: dict
+    quarantined: list[str]
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 2):
+    def __init__(self, directory: str, keep: int = 2, writer: bool = True):
+        """`writer`: this process may move folders aside (process 0 of a multi-host job)."""
         self.directory = os.path.abspath(directory)
+        self.quarantine_dir = self.directory.rstrip("/") + ".quarantine"
+        self.writer = writer
+        os.makedirs(self.directory, exist_ok=True)
+        self.leftovers = self._move_tmp_leftovers() if writer else []
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("state", "manifest", "data"),
+            item_names=("state", "manifest", "data", "integrity"),
         )
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    # -- what is on disk ---------------------------------------------------------------------
+    def saved_steps(self) -> list[int]:
+        """Steps with a finished checkpoint on disk, ascending (not counting a save in flight)."""
+        return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit()
+                      and os.path.isdir(os.path.join(self.directory, n)))
 
+    def latest_step(self) -> int | None:
+        steps = self.saved_steps()
+        return steps[-1] if steps else None
+
+    def _quarantine(self, name: str, reason: str) -> str:
+        if not self.writer:
+            return os.path.join(self.directory, name)
+        os.makedirs(self.quarantine_dir, exist_ok=True)
+        dest = os.path.join(self.quarantine_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        shutil.move(os.path.join(self.directory, name), dest)
+        log.warning("checkpoint %s: %s; moved to %s", os.path.join(self.directory, name), reason, dest)
+        return dest
+
+    def _move_tmp_leftovers(self) -> list[str]:
+        """Temporary folders of saves that never finished (a kill or an error during an async save)."""
+        moved = []
+        for name in sorted(os.listdir(self.directory)):
+            if TMP_SUFFIX in name and os.path.isdir(os.path.join(self.directory, name)):
+                moved.append(self._quarantine(name, "the save of this step never finished (ignored)"))
+        return moved
+
+    # -- save ----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, manifest: dict, data: dict | None = None) -> None:
-        """One checkpoint: train state, run manifest and the data iterator's state, together."""
-        items = dict(state=ocp.args.StandardSave(state), manifest=ocp.args.JsonSave(manifest))
+        """One checkpoint: train state, run manifest, data iterator state and array hashes. Raises
+        NonFiniteStateError (and saves nothing) if any state array holds nan/inf."""
+        hashes, bad = fingerprint.inspect(state)
+        if bad:
+            raise NonFiniteStateError(step, bad)
+        items = dict(state=ocp.args.StandardSave(state), manifest=ocp.args.JsonSave(manifest),
+                     integrity=ocp.args.JsonSave({"format": 1, "arrays": hashes}))
         if data is not None:
             items["data"] = ocp.args.JsonSave(data)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:  # an earlier async save that failed surfaces here
+            raise CheckpointError(f"saving a checkpoint in {self.directory} failed ({one_line(e)}); the finished "
+                                  f"checkpoints {self.saved_steps()} are intact: rerun to resume from the newest") from e
 
-    def restore_data(self, step: int) -> dict | None:
-        """The data iterator state saved with checkpoint `step` (None for checkpoints without one)."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
-            return None
-        return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+    # -- restore -------------------------------------------------------------------------------
+    def _item(self, step: int, name: str, arg):
+        return self.manager.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
 
-    def _leftovers(self) -> list[str]:
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(n for n in os.listdir(self.directory) if not n.startswith("."))
-
-    def restore(self, abstract_state: Any, manifest: dict) -> tuple[int, Any] | None:
-        """(step, state) of the newest checkpoint, or None when the directory holds none."""
-        step = self.latest_step()
-        if step is None:
-            junk = self._leftovers()
-            if junk:
-                raise CheckpointError(
-                    f"{self.directory} holds {junk} but no complete checkpoint; refusing to start from "
-                    "scratch over it. Remove the directory or choose another --workdir.")
-            return None
+    def _try_step(self, step: int, abstract_state: Any, manifest: dict) -> Restored:
         where = os.path.join(self.directory, str(step))
         try:
-            saved = self.manager.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))["manifest"]
+            saved = self._item(step, "manifest", ocp.args.JsonRestore())
         except Exception as e:
-            raise CheckpointError(f"checkpoint {where} has an unreadable manifest ({type(e).__name__}: {e}); "
-                                  "delete that step directory to resume from an older one") from e
+            raise _Unusable(f"unreadable manifest ({one_line(e)})") from e
         diffs = [k for k in MATCH_KEYS if saved.get(k) != manifest.get(k)]
         if diffs:
             detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {manifest.get(k)!r}" for k in diffs)
             raise CheckpointError(f"checkpoint {where} was written by a different run ({detail}). "
                                   "Use the original config, or a fresh --workdir for the new one.")
+        integrity = None
+        if os.path.isdir(os.path.join(where, "integrity")):
+            try:
+                integrity = self._item(step, "integrity", ocp.args.JsonRestore())["arrays"]
+            except Exception as e:
+                raise _Unusable(f"unreadable checksums ({one_line(e)})") from e
         try:
-            state = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))["state"]
+            state = self._item(step, "state", ocp.args.StandardRestore(abstract_state))
         except Exception as e:
-            raise CheckpointError(f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {e}); "
-                                  "delete that step directory to resume from an older one") from e
-        return step, state
+            raise _Unusable(f"corrupt or incomplete state ({one_line(e)})") from e
+        if integrity is not None:
+            now, _ = fingerprint.inspect(state)
+            bad = fingerprint.mismatches(integrity, now)
+            if bad:
+                raise _Unusable(f"corrupt: the checksum of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                                "differs from the one saved with it")
+        else:
+            log.warning("checkpoint %s has no checksums (written by an older jaxsae): restored unverified", where)
+        data = None
+        if os.path.isdir(os.path.join(where, "data")):
+            try:
+                data = self._item(step, "data", ocp.args.JsonRestore())
+            except Exception as e:
+                raise _Unusable(f"unreadable data-iterator state ({one_line(e)})") from e
+        return Restored(step, state, data, saved, [])
+
+    def restore(self, abstract_state: Any, manifest: dict) -> Restored | None:
+        """The newest checkpoint that verifies, or None when the directory holds no checkpoint.
+        Unusable newer ones are moved to the quarantine folder (named in the log)."""
+        steps = self.saved_steps()
+        if not steps:
+            junk = sorted(n for n in os.listdir(self.directory) if not n.startswith("."))
+            if junk:
+                raise CheckpointError(
+                    f"{self.directory} holds {junk} but no complete checkpoint; refusing to start from scratch over it. "
+                    "Remove the directory or choose another --workdir.")
+            return None
+        bad: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            try:
+                found = self._try_step(step, abstract_state, manifest)
+            except _Unusable as e:
+                bad.append((step, str(e)))
+                continue
+            found.quarantined = [self._quarantine(str(s), why + f"; falling back to step {step}") for s, why in bad]
+            if bad:
+                self.manager.reload()
+            return found
+        listing = "; ".join(f"step {s}: {why}" for s, why in bad)
+        raise CheckpointError(f"no usable checkpoint in {self.directory} ({listing}). Delete that directory to "
+                              "train from scratch (or restore it from a copy).")
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"saving a checkpoint in {self.directory} failed ({one_line(e)}); the finished "
+                                  f"checkpoints {self.saved_steps()} are intact: rerun to resume from the newest") from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

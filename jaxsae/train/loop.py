@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxsae import axes, sharding
+from jaxsae import axes, runlock, sharding
+from jaxsae.atomic import atomic_write_text, remove_temporaries
 from jaxsae.config import Config, DataConfig
 from jaxsae.data import pipeline
 from jaxsae.data.arrays import ArraySource, load_npy
 from jaxsae.dictionaries.base import Dictionary
-from jaxsae.train import data_init, optim, recipes
+from jaxsae.train import data_init, fingerprint, optim, recipes
 from jaxsae.train import state as state_lib
-from jaxsae.train.checkpoint import Checkpointer
+from jaxsae.train.checkpoint import Checkpointer, NonFiniteStateError
 from jaxsae.train.export import inference_sae
 from jaxsae.train.step import make_train_step
 
@@ -69,6 +70,8 @@ class Run:
     source: Any
     state: state_lib.TrainState | None = None
     metrics: list[dict] = dataclasses.field(default_factory=list)
+    already_finished: bool = False  # the run had finished before this call: nothing was changed
+    resumed_with_changes: list[str] = dataclasses.field(default_factory=list)  # config edits since the checkpoint
 
 
 def _manifest(cfg: Config, spec: Dictionary, source) -> dict:
@@ -136,49 +139,143 @@ def init_state(run: Run):
 
 
 def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
-    """Train (or resume) a dictionary; write checkpoints, metrics.jsonl and the SAELens export."""
+    """Train (or resume) a dictionary; write checkpoints, metrics.jsonl and the SAELens export.
+
+    One writer per `workdir` (a lock file, see jaxsae.runlock). Resumes from the newest checkpoint
+    that verifies; a run that already finished changes nothing. Raises TrainingError when the run
+    diverges (nothing non-finite is ever saved) and Interrupted on Ctrl-C."""
     run = setup(cfg, mesh)
-    spec, sched, mesh, source = run.spec, run.schedule, run.mesh, run.source
-    os.makedirs(workdir, exist_ok=True)
+    with runlock.hold(workdir, "training", enabled=jax.process_index() == 0):
+        return _train(run, workdir, progress)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which checkpoint a rerun resumes from."""
+
+
+def _config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: dropped
+                continue
+    return rows
+
+
+def _trim_metrics(path: str, start: int) -> None:
+    """Keep only rows of steps before `start` (the resume step), rewritten atomically, so every
+    step appears once however often the run was killed and resumed."""
+    rows = read_metrics(path)
+    keep = [r for r in rows if isinstance(r.get("step"), int) and r["step"] < start]
+    if len(keep) != len(rows) or (os.path.exists(path) and not rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+        if len(rows) > len(keep):
+            log.info("metrics.jsonl: dropped %d rows of steps >= %d (recomputed from the checkpoint)",
+                     len(rows) - len(keep), start)
+
+
+def _train(run: Run, workdir: str, progress: bool) -> Run:
+    cfg, spec, sched, mesh, source = run.cfg, run.spec, run.schedule, run.mesh, run.source
+    writer = jax.process_index() == 0
     log.info("mesh %s | %s | schedule %s", sharding.describe(mesh), spec.describe(), sched)
     tx, abstract, shardings, init_fn = init_state(run)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, writer=writer)
     manifest = _manifest(cfg, spec, source)
     abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     restored = ckpt.restore(abstract_sharded, manifest)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     data_state = None
     if restored is None:
         c_in, c_out, b_dec = _init_stats(cfg, source, sched, spec)
         state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(cfg.seed), b_dec, c_in, c_out)
         start = 0
     else:
-        start, state = restored
-        data_state = ckpt.restore_data(start) or {"next_index": start}
+        start, state = restored.step, restored.state
+        data_state = restored.data or {"next_index": start}
         if pipeline.position(data_state) != start:
             raise TrainingError(f"checkpoint {start} holds a data iterator at step {pipeline.position(data_state)}; "
-                                "the checkpoint is inconsistent, delete that step directory")
+                                f"the checkpoint is inconsistent: move {ckpt.directory}/{start} away to resume "
+                                "from an older one")
+        if start > sched.total_steps:
+            raise TrainingError(f"the checkpoint in {ckpt.directory} is at step {start}, past "
+                                f"train.steps={sched.total_steps}; raise --config.train.steps or use a fresh --workdir")
+        changes = _config_changes(restored.manifest.get("config", {}), manifest["config"])
+        if changes and start < sched.total_steps:
+            log.warning("resuming from step %d with a changed config: %s. From step %d on the run follows the new "
+                        "settings (it is no longer identical to an uninterrupted run with either).",
+                        start, "; ".join(changes), start)
+        # every change since the run began travels on in the checkpoints' manifests, into summary.json
+        manifest["config_changes"] = list(restored.manifest.get("config_changes", [])) + changes
+        run.resumed_with_changes = manifest["config_changes"]
         log.info("resumed from step %d", start)
+    if writer:
+        _trim_metrics(metrics_path, start)
+    run.metrics = read_metrics(metrics_path) if start else []
+
+    if restored is not None and start == sched.total_steps and _finished(workdir):
+        ckpt.close()
+        run.state = state
+        log.info("the run in %s already finished at step %d: nothing to do (export/ and summary.json unchanged). "
+                 "Raise --config.train.steps to train on, or use a fresh --workdir.", workdir, start)
+        run.already_finished = True
+        return run
 
     x_sh = sharding.named(mesh, (axes.BATCH, axes.D_IN))
     y_sh = sharding.named(mesh, (axes.BATCH, axes.D_OUT))
     step_fn = jax.jit(make_train_step(spec, tx, sched, cfg.train.dead_tokens),
                       in_shardings=(shardings, x_sh, y_sh), out_shardings=(shardings, None), donate_argnums=0)
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     bar = tqdm(total=sched.total_steps, initial=start, disable=not progress, desc=f"train {spec.name}",
                unit="step", dynamic_ncols=True, mininterval=0.2 if sys.stderr.isatty() else 10.0)
     pending: list[tuple[int, dict]] = []
     t_last, step_last = time.perf_counter(), start
 
+    def finished_saves() -> list[int]:
+        try:
+            ckpt.wait()  # a save in flight holds good state: count it once it is on disk
+        except Exception:  # noqa: BLE001 - reported by the caller's message as a missing step
+            pass
+        return ckpt.saved_steps()
+
+    def diverged(step: int, what: str) -> TrainingError:
+        good = finished_saves()
+        lr = sched.lr
+        resume = (f"the newest good checkpoint is step {good[-1]} (kept: {good} in {ckpt.directory})" if good else
+                  "no checkpoint was saved yet")
+        return TrainingError(
+            f"training diverged: {what} at step {step}; nothing from this point on was saved and {resume}. "
+            f"Fix: rerun the same command with a lower --config.train.lr (now {lr:g}; e.g. {lr / 3:.2g}): it resumes "
+            f"from {'step ' + str(good[-1]) if good else 'scratch'} with the new lr. If the inputs hold nan/inf, "
+            "clean the data instead.")
+
     def flush(step_now: int):
         nonlocal t_last, step_last
         rows = []
+        bad = None
         for s, m in jax.device_get(pending):
             row = {"step": s, **{k: float(v) for k, v in m.items()}}
+            nonfinite_inputs = row.pop("nonfinite_inputs")
+            if nonfinite_inputs:
+                bad = (s, f"the batch holds {int(nonfinite_inputs)} nan/inf input values (the data, not the lr)")
+                break
             if not math.isfinite(row["loss"]):
-                raise TrainingError(
-                    f"loss is {row['loss']} at step {s}; the newest checkpoint in {ckpt.directory} is "
-                    f"from step {ckpt.latest_step()}. Lower --config.train.lr or check the data for inf/nan.")
+                bad = (s, f"the loss is {row['loss']}")
+                break
             rows.append(row)
         pending.clear()
         dt = time.perf_counter() - t_last
@@ -186,42 +283,81 @@ def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
         t_last, step_last = time.perf_counter(), step_now
         if rows:
             rows[-1]["tokens_per_s"] = tok_s
-            if jax.process_index() == 0:  # one writer; every process computed the same metrics
+            if writer:  # one writer; every process computed the same metrics
                 with open(metrics_path, "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
             run.metrics.extend(rows)
             last = rows[-1]
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",
                             dead=f"{last['dead_fraction']:.2f}", tok_s=f"{tok_s:.0f}")
+        if bad is not None:
+            if "data" in bad[1]:
+                good = finished_saves()
+                raise TrainingError(
+                    f"{bad[1]} at step {bad[0]}; nothing from this point on was saved "
+                    f"(checkpoints kept: {good} in {ckpt.directory}). Remove the nan/inf rows from the data "
+                    "(for an activation store: harvest it again, e.g. in float32).")
+            raise diverged(*bad)
 
     batches = pipeline.batches(source, sched.total_steps, data_state)
 
     def to_global(a, sh):  # this process's rows -> the global batch array
         return jax.make_array_from_process_local_data(sh, np.asarray(a, np.float32))
 
-    with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
-        for step in range(start, sched.total_steps):
-            x, y = next(batches)
-            state, m = step_fn(state, to_global(x, x_sh), to_global(y, y_sh))
-            pending.append((step, m))
-            done = step + 1
-            if done % cfg.train.log_every == 0 or done == sched.total_steps:
-                flush(done)
-            if done % cfg.train.checkpoint_every == 0 or done == sched.total_steps:
-                ckpt.save(done, state, manifest, batches.get_state())
-            bar.update(1)
-    if pending:
-        flush(sched.total_steps)
+    step = start
+    try:
+        with jax.set_mesh(mesh):  # latent-sharded ops (latent_ops) read the mesh from context
+            for step in range(start, sched.total_steps):
+                x, y = next(batches)
+                state, m = step_fn(state, to_global(x, x_sh), to_global(y, y_sh))
+                pending.append((step, m))
+                done = step + 1
+                save_now = done % cfg.train.checkpoint_every == 0 or done == sched.total_steps
+                if save_now or done % cfg.train.log_every == 0:
+                    flush(done)  # a nan loss stops the run here, before anything is saved
+                if save_now:
+                    try:
+                        ckpt.save(done, state, manifest, batches.get_state())
+                    except NonFiniteStateError as e:
+                        raise diverged(step, f"the state holds nan/inf ({', '.join(e.leaves[:3])})") from None
+                bar.update(1)
+        if pending:
+            flush(sched.total_steps)
+        ckpt.close()
+    except KeyboardInterrupt:
+        bar.close()
+        sys.stderr.write("\n")
+        try:
+            ckpt.close()  # a save in flight finishes (or is left as a temporary folder, ignored on resume)
+        except Exception:  # noqa: BLE001 - the interrupt is what we report
+            pass
+        good = ckpt.saved_steps()  # after close(): every finished save
+        where = f"resume from step {good[-1]}" if good else "start again from step 0 (no checkpoint was saved yet)"
+        raise Interrupted(f"interrupted at step {step}; rerun the same command to {where}") from None
+    except BaseException:
+        bar.close()  # the progress bar's last line must not follow (and hide) the error message
+        sys.stderr.write("\n")
+        try:
+            ckpt.close()  # saves already in flight hold good state: let them finish
+        except Exception:  # noqa: BLE001 - the original error is what we report
+            pass
+        raise
     bar.close()
-    ckpt.close()
     run.state = state
     finish(run, workdir)
     return run
 
 
+def _finished(workdir: str) -> bool:
+    return all(os.path.isfile(os.path.join(workdir, *p)) for p in (("export", "cfg.json"),
+                                                                    ("export", "sae_weights.safetensors"),
+                                                                    ("summary.json",)))
+
+
 def finish(run: Run, workdir: str) -> dict:
-    """Export (SAELens format) and, for toy data, ground-truth recovery. With several processes the
-    state is gathered to every host and process 0 writes."""
+    """Export (SAELens format) and summary.json, plus ground-truth recovery for toy data. With several
+    processes the state is gathered to every host and process 0 writes. A dictionary holding nan/inf
+    is never exported: the previous export, if any, stays as it was."""
     from jaxsae.interop import saelens
 
     state = run.state
@@ -230,6 +366,10 @@ def finish(run: Run, workdir: str) -> dict:
 
         state = multihost_utils.process_allgather(state, tiled=True)
     sae = inference_sae(run.spec, state)
+    bad = fingerprint.nonfinite(sae.params)
+    if bad:
+        raise TrainingError(f"the trained dictionary holds nan/inf in {bad}; not exported (any earlier "
+                            f"{os.path.join(workdir, 'export')} is unchanged)")
     meta = {"jaxsae_spec": run.spec.describe(), "dataset_path": run.cfg.data.path or run.cfg.data.source,
             "training_steps": run.schedule.total_steps, "training_tokens": run.schedule.total_steps * run.cfg.train.batch_size}
     if getattr(run.source, "site", None):  # activations of a language model: say which and where
@@ -237,8 +377,12 @@ def finish(run: Run, workdir: str) -> dict:
         meta["model_name"] = getattr(run.source, "model_name", None)
     if jax.process_index() != 0:
         return {}
+    remove_temporaries(os.path.join(workdir, "export"))  # left by a writer killed mid-export
     saelens.save(sae, os.path.join(workdir, "export"), meta)
-    summary = {"export": os.path.join(workdir, "export"), "final": run.metrics[-1] if run.metrics else {}}
+    summary = {"export": os.path.join(workdir, "export"), "steps": run.schedule.total_steps,
+               "final": run.metrics[-1] if run.metrics else {}}
+    if run.resumed_with_changes:
+        summary["resumed_with_changes"] = run.resumed_with_changes
     if run.cfg.data.source == "toy":
         from jaxsae.evals.ground_truth import recovery
 
@@ -247,6 +391,5 @@ def finish(run: Run, workdir: str) -> dict:
         summary["ground_truth_decoder"] = recovery(np.asarray(sae.params["W_dec"]), truth)
         if not run.spec.is_transcoder:
             summary["ground_truth_encoder"] = recovery(np.asarray(sae.params["W_enc"]).T, np.asarray(feats.dirs_nd))
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary

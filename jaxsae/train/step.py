@@ -16,6 +16,7 @@ def make_train_step(spec: Dictionary, tx: optax.GradientTransformation, sched: S
     """Returns step(state, x_bd, y_bo) -> (state, metrics); x and y are raw (un-normalised)."""
 
     def train_step(state: TrainState, x_bd: jax.Array, y_bo: jax.Array):
+        nonfinite_inputs = jnp.sum(~jnp.isfinite(x_bd)) + jnp.sum(~jnp.isfinite(y_bo))
         x_bd = x_bd.astype(jnp.float32) * state.scale_in
         y_bo = y_bo.astype(jnp.float32) * state.scale_out
         dead_f = state.dict_state["tokens_since_fired"] >= dead_tokens
@@ -37,6 +38,7 @@ def make_train_step(spec: Dictionary, tx: optax.GradientTransformation, sched: S
             "grad_norm": optax.tree.norm(grads),
             "lr": optim.lr_schedule(sched)(state.step),
             "dead_fraction": jnp.mean((dict_state["tokens_since_fired"] >= dead_tokens).astype(jnp.float32)),
+            "nonfinite_inputs": nonfinite_inputs,  # the loop's divergence diagnosis; not logged
         }
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, dict_state=dict_state)
         return new, metrics
