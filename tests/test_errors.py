@@ -154,19 +154,42 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     assert msg.endswith("Delete that directory to train from scratch (or restore it from a copy).")
 
 
-@pytest.mark.parametrize("item", ["state/_METADATA", "manifest/metadata", "_CHECKPOINT_METADATA"])
-def test_truncated_checkpoint_metadata_is_one_line(tmp_path, item):
+@pytest.mark.parametrize("item,problem", [("state/_METADATA", "corrupt or incomplete state (JSONDecodeError"),
+                                          ("manifest/metadata", "unreadable manifest (JSONDecodeError"),
+                                          ("_CHECKPOINT_METADATA", None)])
+def test_truncated_checkpoint_metadata_is_one_line(tmp_path, item, problem):
     step = _one_checkpoint(tmp_path)
     target = step / item
-    assert target.is_file(), sorted(str(p.relative_to(step)) for p in step.rglob("*"))
     os.truncate(target, target.stat().st_size // 2)
-    try:
+    if problem is None:  # orbax's step metadata is advisory: the resume goes on, verified by the checksums
         run = loop.train(toy_config("topk", steps=20), str(tmp_path), progress=False)
-    except CheckpointError as e:
-        msg = str(e)
-        assert "\n" not in msg and len(msg) < 800 and "step 10:" in msg, msg
-    else:  # orbax tolerated this file (it is advisory): the resume was verified by the checksums
         assert run.metrics[-1]["step"] == 19
+        return
+    with pytest.raises(CheckpointError) as e:
+        loop.train(toy_config("topk", steps=20), str(tmp_path), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 800, msg
+    assert f"(step 10: {problem}" in msg and msg.endswith("Delete that directory to train from scratch (or restore it "
+                                                          "from a copy).")
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_finished_ones(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    loop.train(toy_config("topk", steps=10), str(tmp_path), progress=False)
+    real = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *a, **kw):
+        if step == 20:
+            raise OSError(28, "No space left on device")
+        return real(self, step, *a, **kw)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(CheckpointError) as e:
+        loop.train(toy_config("topk", steps=30), str(tmp_path), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "failed (OSError: [Errno 28] No space left on device)" in msg
+    assert "the finished checkpoints [10] are intact: rerun to resume from the newest" in msg
 
 
 def test_schedule_change_on_resume_is_said(tmp_path, caplog):

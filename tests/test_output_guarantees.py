@@ -121,3 +121,33 @@ def test_nonfinite_activations_are_never_stored(trained, tmp_path, monkeypatch):
     a = store_lib.Store(str(tmp_path / "store"), verify=True).site(SITE)
     b = store_lib.Store(str(trained[0] / "store")).site(SITE)
     np.testing.assert_array_equal(a[np.arange(len(a))], b[np.arange(len(b))])
+
+
+def test_interrupted_harvest_says_how_to_resume(trained, tmp_path, monkeypatch):
+    _, lm_cfg, _ = trained
+    real = store_lib.write_manifest
+    calls = {"n": 0}
+
+    def write_then_interrupt(root, manifest):
+        real(root, manifest)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_lib, "write_manifest", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt, match=r"harvest interrupted after 16 windows .*rerun the same command to "
+                                                r"resume from there"):
+        harvest_lib.harvest(lm_cfg, TextConfig(), str(tmp_path / "store"), progress=False)
+
+
+def test_interrupted_evaluation_says_how_to_resume(trained, tmp_path, monkeypatch):
+    real = core._Progress.save
+
+    def save_then_interrupt(self):
+        real(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core._Progress, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt, match=r"evaluation interrupted; its progress is saved in .*: rerun the "
+                                                r"same command to resume"):
+        _eval(trained, tmp_path)

@@ -36,7 +36,12 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
     """metrics.json, density/L0 plots and report.html for the export at `export_dir`; returns the metrics.
     `seed` picks the evaluation windows (use a different one from the harvest's for held-out text)."""
     with runlock.hold(out_dir, "evaluation"):
-        return _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress)
+        try:
+            return _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress)
+        except KeyboardInterrupt:
+            saved = os.path.join(out_dir, PROGRESS)
+            where = f"its progress is saved in {saved}" if os.path.isfile(saved) else "no batch had finished"
+            raise KeyboardInterrupt(f"evaluation interrupted; {where}: rerun the same command to resume") from None
 
 
 def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: int, downstream_windows: int,
