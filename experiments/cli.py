@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import typing
 
@@ -43,7 +44,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
+def _own_errors() -> tuple[type[BaseException], ...]:
+    """Errors jaxsae raises for users: their messages are one line that names the problem and the fix."""
+    from jaxsae.data.store import StoreError
+    from jaxsae.models.checkpoint_files import CheckpointFormatError
+    from jaxsae.runlock import LockedError
+    from jaxsae.train.checkpoint import CheckpointError
+    from jaxsae.train.loop import TrainingError
+
+    return (ValueError, FileNotFoundError, StoreError, CheckpointFormatError, LockedError, CheckpointError,
+            TrainingError)
+
+
+TRACEBACK_ENV = "JAXSAE_TRACEBACK"
 
 
 def run(main) -> None:
@@ -58,8 +71,17 @@ def run(main) -> None:
         except KeyboardInterrupt as e:
             print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
             sys.exit(130)
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        except Exception as e:  # noqa: BLE001 - sorted below
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            if isinstance(e, _own_errors()):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            if isinstance(e, (RuntimeError, OSError, MemoryError)):  # e.g. out of memory, a full disk
+                lines = str(e).strip().splitlines()
+                print(f"error: {type(e).__name__}: {lines[0] if lines else ''} (rerun with {TRACEBACK_ENV}=1 "
+                      "for the traceback)", file=sys.stderr)
+                sys.exit(1)
+            raise  # a bug: keep the traceback
 
     app.run(guarded, flags_parser=parse_flags)

@@ -1,24 +1,61 @@
-"""Atomic file writes: a temporary file in the same folder, fsynced, then renamed over the target,
-so a reader (or a rerun after a kill) sees the old file or the new one, never half of one."""
+"""Atomic file writes: a temporary file in the same folder, fsynced, then renamed over the target
+(and the folder fsynced), so a reader, or a rerun after a kill or a power loss, sees the old file or
+the new one, never half of one."""
 
 from __future__ import annotations
 
 import os
 
 
-def atomic_write_bytes(path: str, write, mode: int = 0o644) -> None:
-    """Write through `write(file)` to a temporary file, fsync, then rename over `path`. The file gets
-    `mode` (less the umask), like any other file the user writes, whatever the writer used."""
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask is process-wide and racy once threads run
+
+
+def _mode_for(path: str) -> int:
+    """An existing file keeps its permissions; a new one gets 0644 less the umask (like any file
+    the user writes, whatever mode the writing library chose)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return 0o644 & ~_UMASK
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: str, path: str) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, _mode_for(path))
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def atomic_write_bytes(path: str, write) -> None:
+    """Write through `write(file)` to a temporary file, then commit it to `path`."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, mode & ~umask)
-        os.replace(tmp, path)
+        _commit(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -31,19 +68,11 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_copy_into(path: str, produce) -> None:
     """For writers that only take a file name (e.g. safetensors' save_file): `produce(tmp_path)`
-    writes the temporary file, which is then fsynced, given the usual mode and renamed to `path`."""
+    writes the temporary file, which is then committed to `path` the same way."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         produce(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)
-        os.replace(tmp, path)
+        _commit(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -36,9 +36,10 @@ class LockedError(RuntimeError):
 def _read(path: str) -> dict:
     try:
         with open(path) as f:
-            return json.loads(f.read() or "{}")
+            owner = json.loads(f.read() or "{}")
     except (OSError, ValueError):
         return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,8 +74,11 @@ def acquire(directory: str, what: str) -> Lock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockedError(f"{directory}: its file system does not support file locks ({e.strerror}); "
+                                  "jaxsae cannot guarantee one writer there: use a local directory") from None
             owner = _read(path)
             who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
             since = owner.get("since")

@@ -4,7 +4,7 @@
 
   kill_at_step=N      SIGKILL when batch N is taken (mid-run, between checkpoints)
   sigint_at_step=N    SIGINT (Ctrl-C) when batch N is taken
-  kill_during_save=N  SIGKILL while checkpoint N is being written (its temporary folder exists)
+  kill_during_save=N  SIGKILL while checkpoint N is being saved (written, not yet committed)
   kill_during_export  SIGKILL halfway through writing the exported weights
   blowup_from_step=N  every batch from step N on is scaled by 1e30 (the loss overflows: a divergence)
   nan_from_step=N     every batch from step N on holds a nan
@@ -88,20 +88,17 @@ def install(fault: str) -> None:
         _wrap_batches(lambda step: _signal_between_checkpoints(sig) if step == n else None)
     elif name == "sleep_per_step":
         _wrap_batches(lambda step: time.sleep(n / 1000))
-    elif name == "kill_during_save":
-        from jaxsae.train import checkpoint
+    elif name == "kill_during_save":  # the data of checkpoint N are written; the kill lands before it is committed
+        from orbax.checkpoint._src.path import atomicity
 
-        original = checkpoint.Checkpointer.save
+        original = atomicity.AtomicRenameTemporaryPath.finalize
 
-        def save(self, step, *a, **kw):
-            original(self, step, *a, **kw)
-            if step == n:
-                deadline = time.time() + 10
-                while time.time() < deadline and not any(checkpoint.TMP_SUFFIX in d for d in os.listdir(self.directory)):
-                    time.sleep(0.0005)
+        async def finalize(self, *a, **kw):
+            if os.path.basename(str(self._final_path)) == str(n):
                 os.kill(os.getpid(), signal.SIGKILL)
+            return await original(self, *a, **kw)
 
-        checkpoint.Checkpointer.save = save
+        atomicity.AtomicRenameTemporaryPath.finalize = finalize
     elif name == "kill_during_export":
         from jaxsae.interop import saelens
 

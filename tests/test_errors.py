@@ -208,3 +208,64 @@ def test_resume_past_the_end_is_refused(tmp_path):
     loop.train(toy_config("topk", steps=10), str(tmp_path), progress=False)
     with pytest.raises(loop.TrainingError, match=r"at step 10, past train.steps=5; raise --config.train.steps"):
         loop.train(toy_config("topk", steps=5), str(tmp_path), progress=False)
+
+
+def test_an_async_save_that_fails_is_one_line(tmp_path, monkeypatch):
+    from orbax.checkpoint._src.path import atomicity
+
+    real = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def failing(self, *a, **kw):
+        if os.path.basename(str(self._final_path)) == "20":
+            raise OSError(28, "No space left on device")
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", failing)
+    with pytest.raises(CheckpointError) as e:
+        loop.train(toy_config("topk", steps=30), str(tmp_path), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg and "are intact: rerun to resume" in msg, msg
+    assert (tmp_path / "checkpoints" / "10").is_dir()
+
+
+def test_a_changed_state_layout_is_not_called_corrupt(tmp_path):
+    loop.train(toy_config("topk", steps=10), str(tmp_path), progress=False)
+    with pytest.raises(CheckpointError, match=r"holds a train state of another layout .*e.g. train.grad_clip"):
+        loop.train(toy_config("topk", steps=20, train={"grad_clip": 0.0}), str(tmp_path), progress=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]  # nothing quarantined
+    assert not (tmp_path / "checkpoints.quarantine").exists()
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_raising_the_steps_resumes_every_architecture(tmp_path, arch):
+    loop.train(toy_config(arch, steps=10), str(tmp_path), progress=False)
+    run = loop.train(toy_config(arch, steps=20), str(tmp_path), progress=False)
+    assert [r["step"] for r in run.metrics][-1] == 19
+    cfg = json.load(open(tmp_path / "export" / "cfg.json"))
+    assert cfg["metadata"]["training_steps"] == 20
+
+
+def test_a_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    loop.train(toy_config("topk", steps=10), str(tmp_path), progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # what a kill mid-write leaves
+    loop.train(toy_config("topk", steps=20), str(tmp_path), progress=False)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(20))
+
+
+def test_an_export_of_a_shorter_run_is_not_taken_as_finished(tmp_path, monkeypatch):
+    loop.train(toy_config("topk", steps=10), str(tmp_path), progress=False)
+    real = loop.finish
+
+    def killed(run, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "finish", killed)  # trained to 20 and checkpointed, killed before the export
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(toy_config("topk", steps=20), str(tmp_path), progress=False)
+    monkeypatch.setattr(loop, "finish", real)
+    run = loop.train(toy_config("topk", steps=20), str(tmp_path), progress=False)
+    assert not run.already_finished
+    assert json.load(open(tmp_path / "export" / "cfg.json"))["metadata"]["training_steps"] == 20
+    assert json.load(open(tmp_path / "summary.json"))["steps"] == 20

@@ -44,11 +44,12 @@ def _eval(trained, out):
 
 def test_killed_evaluation_resumes_to_the_same_metrics(trained, tmp_path, monkeypatch, caplog):
     whole = _eval(trained, tmp_path / "whole")
+    monkeypatch.setattr(core, "PROGRESS_EVERY_S", 0.0)  # save after every batch (a long evaluation's pace)
     saves = {"n": 0}
     real_save = core._Progress.save
 
-    def dying_save(self):
-        real_save(self)
+    def dying_save(self, force=False):
+        real_save(self, force)
         saves["n"] += 1
         if saves["n"] == 3:  # mid-way: after the 3rd of 4 reconstruction batches
             raise KeyboardInterrupt
@@ -141,10 +142,11 @@ def test_interrupted_harvest_says_how_to_resume(trained, tmp_path, monkeypatch):
 
 
 def test_interrupted_evaluation_says_how_to_resume(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "PROGRESS_EVERY_S", 0.0)
     real = core._Progress.save
 
-    def save_then_interrupt(self):
-        real(self)
+    def save_then_interrupt(self, force=False):
+        real(self, force)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(core._Progress, "save", save_then_interrupt)

@@ -124,13 +124,14 @@ def _harvest(lm_cfg: LMConfig, text_cfg: TextConfig, out_dir: str, seed: int, me
         acts = jax.device_get(capture(placed))
         keep = tokens_lib.content_mask(tokens_bt, specials)
         index = start // bw
-        for site in lm_cfg.sites:
-            rows = tokens_lib.text_rows(acts[site], keep).astype(out_dtype)
+        site_rows = {site: tokens_lib.text_rows(acts[site], keep).astype(out_dtype) for site in lm_cfg.sites}
+        for site, rows in site_rows.items():  # every site checked before any shard of the batch is written
             if not np.isfinite(rows).all():
                 raise store_lib.StoreError(
                     f"the model's activations at {site} hold nan/inf in windows {start}..{start + bw - 1}; nothing of "
                     f"this batch was written ({out_dir} keeps the {manifest['windows_done']} windows before it). "
                     "A bfloat16 model can overflow: harvest with --config.data.lm.dtype=float32")
+        for site, rows in site_rows.items():
             entry = store_lib.write_shard(out_dir, site, index, rows)
             info = manifest["sites"].setdefault(site, {"d": rows.shape[1], "shards": []})
             info["shards"].append(entry)

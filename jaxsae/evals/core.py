@@ -17,6 +17,7 @@ import heapq
 import logging
 import os
 import pickle
+import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ from jaxsae.atomic import atomic_write_bytes
 from jaxsae.data import tokens as tokens_lib
 
 TOP_CONTEXTS = 8
+PROGRESS_EVERY_S = 20.0  # how often a long evaluation saves its running state
 log = logging.getLogger("jaxsae")
 
 
@@ -137,6 +139,7 @@ class _Progress:
     def __init__(self, path: str | None, identity: dict | None, fresh: dict):
         self.path, self.identity = path, identity
         self.state = fresh
+        self.every_s, self._last = PROGRESS_EVERY_S, time.monotonic()
         if path and os.path.isfile(path):
             try:
                 with open(path, "rb") as f:
@@ -147,14 +150,19 @@ class _Progress:
                 self.state = saved["state"]
                 log.info("evaluation resumes at %s window %d (%s)", self.state["phase"], self.state["next"], path)
 
-    def save(self) -> None:
-        if self.path:
+    def save(self, force: bool = False) -> None:
+        """Saved at most every `every_s` seconds (the state grows with the evaluation), and at the
+        end of each phase."""
+        if self.path and (force or time.monotonic() - self._last >= self.every_s):
             blob = pickle.dumps({"identity": self.identity, "state": self.state})
             atomic_write_bytes(self.path, lambda f: f.write(blob))
+            self._last = time.monotonic()
 
-    def done(self) -> None:
-        if self.path and os.path.isfile(self.path):
-            os.remove(self.path)
+
+def discard_progress(path: str) -> None:
+    """Remove an evaluation's progress file once its results are written."""
+    if os.path.isfile(path):
+        os.remove(path)
 
 
 def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int, specials, downstream_windows: int,
@@ -162,8 +170,9 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
     `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
     "top", "tokens", "site"} plus the capture/encode functions the report re-runs contexts with.
-    With `progress_path`, the running sums are saved there after every batch and a rerun with the
-    same `identity` resumes from them (the file is removed when the evaluation completes)."""
+    With `progress_path`, the running sums are saved there as it goes and a rerun with the same
+    `identity` resumes from them (the caller removes it with `discard_progress` once its results are
+    written). The file is a pickle: like any checkpoint, load only progress files you wrote."""
     if sites.parse(site)[1] == "attn.hook_z":
         raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
     capture = sites.capture_fn(lm, [site])
@@ -190,7 +199,7 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
         stream.add(x, decode(sae, f), np.asarray(f), len(row_of))
         row_of.extend(zip((w + start).tolist(), t.tolist()))
         st["next"] = start + batch_windows
-        prog.save()
+        prog.save(force=st["next"] >= n_windows)
         bar.update(batch_windows)
     bar.close()
     metrics = stream.metrics(sae.d_in)
@@ -213,10 +222,9 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
             sums[name] += float(ce)
             sums[f"kl_{name}"] += float(kl)
         st["next"] = start + batch_windows
-        prog.save()
+        prog.save(force=st["next"] >= n_down)
         bar.update(batch_windows)
     bar.close()
-    prog.done()
     n = max(sums["n"], 1.0)
     ce = {k: sums[k] / n for k in ("clean", "sae", "zero", "mean")}
     kl = {k: sums[f"kl_{k}"] / n for k in ("sae", "zero", "mean")}

@@ -23,6 +23,7 @@ from jaxsae.report import html as report
 
 log = logging.getLogger("jaxsae")
 PROGRESS = ".eval_progress.pkl"
+PROGRESS_FORMAT = 1  # bump when the saved evaluation state changes shape
 
 
 def site_of(export_dir: str, data: DataConfig) -> str:
@@ -47,8 +48,12 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
 def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: int, downstream_windows: int,
               n_latents: int) -> dict:
     """What an evaluation's results depend on (the export by content, not by name)."""
-    return {"export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
-            "site": site, "model": os.path.abspath(harvest_lib.model_path(data.lm)), "text": dataclasses.asdict(data.text),
+    model = os.path.abspath(harvest_lib.model_path(data.lm))
+    st = os.stat(model)
+    return {"format": PROGRESS_FORMAT,
+            "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
+            "site": site, "model": model, "model_size_mtime": [st.st_size, st.st_mtime_ns], "dtype": data.lm.dtype,
+            "text": dataclasses.asdict(data.text),
             "context": data.lm.context, "batch_windows": data.lm.batch_windows, "seed": seed, "windows": windows,
             "downstream_windows": downstream_windows, "latents": n_latents}
 
@@ -64,7 +69,7 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
                 old = json.load(f)
             except json.JSONDecodeError:
                 old = {}
-        if old.get("identity") == ident:
+        if isinstance(old, dict) and old.get("identity") == ident:
             log.info("%s already holds this evaluation (same export, model, text and settings): nothing to do",
                      out_dir)
             return old
@@ -84,5 +89,6 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
     report.write_report(out_dir, f"{os.path.basename(os.path.abspath(export_dir))} at {site}", shown, paths,
                         contexts, result["density"])
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))  # last: its presence means the rest is there
+    core.discard_progress(os.path.join(out_dir, PROGRESS))
     log.info("wrote %s", os.path.join(out_dir, "report.html"))
     return metrics

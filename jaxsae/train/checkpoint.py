@@ -14,12 +14,16 @@ the manager's own rotation of good checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxsae.train import fingerprint
@@ -28,6 +32,13 @@ log = logging.getLogger("jaxsae")
 
 # manifest keys whose change makes a checkpoint unusable for exact resume
 MATCH_KEYS = ("spec", "data", "seed", "batch_size", "d_in", "d_out")
+# spec fields derived from train.steps (BatchTopK's threshold start): a new value on resume is a
+# schedule change (logged by the loop), not a different dictionary
+_DERIVED = re.compile(r"threshold_start_step=\d+(, )?")
+
+
+def _comparable(key: str, value):
+    return _DERIVED.sub("", value) if key == "spec" and isinstance(value, str) else value
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
@@ -46,6 +57,30 @@ class NonFiniteStateError(RuntimeError):
 
 class _Unusable(Exception):
     """Internal: this checkpoint step cannot be used (corrupt, incomplete); carries a one-line reason."""
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _all_agree(ok: bool) -> bool:
+    """True only if every process found the step usable (each verifies its own reads)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+# read errors that say nothing about the checkpoint itself: never a reason to quarantine it
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOMEM, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR}
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS)
 
 
 def one_line(e: BaseException, limit: int = 200) -> str:
@@ -74,6 +109,7 @@ class Checkpointer:
         self.writer = writer
         os.makedirs(self.directory, exist_ok=True)
         self.leftovers = self._move_tmp_leftovers() if writer else []
+        _sync("jaxsae_checkpoint_leftovers")  # no process lists the folders process 0 is moving
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -114,6 +150,7 @@ class Checkpointer:
         hashes, bad = fingerprint.inspect(state)
         if bad:
             raise NonFiniteStateError(step, bad)
+        manifest = {**manifest, "integrity_format": 1}  # restores of this checkpoint require the checksums
         items = dict(state=ocp.args.StandardSave(state), manifest=ocp.args.JsonSave(manifest),
                      integrity=ocp.args.JsonSave({"format": 1, "arrays": hashes}))
         if data is not None:
@@ -134,7 +171,7 @@ class Checkpointer:
             saved = self._item(step, "manifest", ocp.args.JsonRestore())
         except Exception as e:
             raise _Unusable(f"unreadable manifest ({one_line(e)})") from e
-        diffs = [k for k in MATCH_KEYS if saved.get(k) != manifest.get(k)]
+        diffs = [k for k in MATCH_KEYS if _comparable(k, saved.get(k)) != _comparable(k, manifest.get(k))]
         if diffs:
             detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {manifest.get(k)!r}" for k in diffs)
             raise CheckpointError(f"checkpoint {where} was written by a different run ({detail}). "
@@ -145,9 +182,24 @@ class Checkpointer:
                 integrity = self._item(step, "integrity", ocp.args.JsonRestore())["arrays"]
             except Exception as e:
                 raise _Unusable(f"unreadable checksums ({one_line(e)})") from e
+        elif saved.get("integrity_format"):
+            raise _Unusable("its checksums (the integrity/ folder) are missing")
+        if integrity is not None:
+            expect = {k: (v["shape"], v["dtype"]) for k, v in integrity.items()}
+            names, leaves = fingerprint._paths(abstract_state)
+            now = {k: (list(a.shape), str(a.dtype)) for k, a in zip(names, leaves)}
+            if expect != now:
+                changed = sorted(k for k in set(expect) | set(now) if expect.get(k) != now.get(k))
+                raise CheckpointError(
+                    f"checkpoint {where} holds a train state of another layout ({', '.join(changed[:4])}"
+                    f"{' ...' if len(changed) > 4 else ''} differ): a setting that shapes the optimiser or the "
+                    "dictionary changed (e.g. train.grad_clip). Use the original config, or a fresh --workdir.")
         try:
             state = self._item(step, "state", ocp.args.StandardRestore(abstract_state))
         except Exception as e:
+            if _transient(e):
+                raise CheckpointError(f"could not read checkpoint {where} ({one_line(e)}); this looks like a "
+                                      "passing I/O or memory problem, not a damaged checkpoint: rerun") from e
             raise _Unusable(f"corrupt or incomplete state ({one_line(e)})") from e
         if integrity is not None:
             now, _ = fingerprint.inspect(state)
@@ -170,7 +222,7 @@ class Checkpointer:
         Unusable newer ones are moved to the quarantine folder (named in the log)."""
         steps = self.saved_steps()
         if not steps:
-            junk = sorted(n for n in os.listdir(self.directory) if not n.startswith("."))
+            junk = sorted(n for n in os.listdir(self.directory) if not n.startswith(".") and TMP_SUFFIX not in n)
             if junk:
                 raise CheckpointError(
                     f"{self.directory} holds {junk} but no complete checkpoint; refusing to start from scratch over it. "
@@ -179,12 +231,15 @@ class Checkpointer:
         bad: list[tuple[int, str]] = []
         for step in reversed(steps):
             try:
-                found = self._try_step(step, abstract_state, manifest)
+                found, why = self._try_step(step, abstract_state, manifest), None
             except _Unusable as e:
-                bad.append((step, str(e)))
+                found, why = None, str(e)
+            if not _all_agree(found is not None):
+                bad.append((step, why or "unreadable on another process"))
                 continue
             found.quarantined = [self._quarantine(str(s), why + f"; falling back to step {step}") for s, why in bad]
             if bad:
+                _sync("jaxsae_checkpoint_quarantine")
                 self.manager.reload()
             return found
         listing = "; ".join(f"step {s}: {why}" for s, why in bad)

@@ -179,10 +179,15 @@ def read_metrics(path: str) -> list[dict]:
 
 def _trim_metrics(path: str, start: int) -> None:
     """Keep only rows of steps before `start` (the resume step), rewritten atomically, so every
-    step appears once however often the run was killed and resumed."""
+    step appears once however often the run was killed and resumed (a line cut short by a kill is
+    dropped too, so the next row never runs into it)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        raw = f.read()
     rows = read_metrics(path)
     keep = [r for r in rows if isinstance(r.get("step"), int) and r["step"] < start]
-    if len(keep) != len(rows) or (os.path.exists(path) and not rows):
+    if len(keep) != raw.count(b"\n") or (raw and not raw.endswith(b"\n")):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
         if len(rows) > len(keep):
             log.info("metrics.jsonl: dropped %d rows of steps >= %d (recomputed from the checkpoint)",
@@ -227,7 +232,7 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
         _trim_metrics(metrics_path, start)
     run.metrics = read_metrics(metrics_path) if start else []
 
-    if restored is not None and start == sched.total_steps and _finished(workdir):
+    if restored is not None and start == sched.total_steps and _finished(workdir, sched.total_steps):
         ckpt.close()
         run.state = state
         log.info("the run in %s already finished at step %d: nothing to do (export/ and summary.json unchanged). "
@@ -286,6 +291,8 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
             if writer:  # one writer; every process computed the same metrics
                 with open(metrics_path, "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
+                    f.flush()
+                    os.fsync(f.fileno())  # durable before any checkpoint that follows them
             run.metrics.extend(rows)
             last = rows[-1]
             bar.set_postfix(loss=f"{last['loss']:.4g}", l0=f"{last['l0']:.1f}", fvu=f"{last['fvu']:.3f}",
@@ -344,14 +351,27 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
         raise
     bar.close()
     run.state = state
-    finish(run, workdir)
+    try:
+        finish(run, workdir)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while exporting; training finished and is checkpointed at step "
+                          f"{sched.total_steps}: rerun the same command to export") from None
     return run
 
 
-def _finished(workdir: str) -> bool:
-    return all(os.path.isfile(os.path.join(workdir, *p)) for p in (("export", "cfg.json"),
-                                                                    ("export", "sae_weights.safetensors"),
-                                                                    ("summary.json",)))
+def _finished(workdir: str, total_steps: int) -> bool:
+    """The export and summary.json of this run's last step are there (not those of a shorter run
+    that this one extends)."""
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(workdir, "export", "cfg.json")) as f:
+            meta = json.load(f).get("metadata", {})
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and summary.get("steps") == total_steps
+            and meta.get("training_steps") == total_steps
+            and os.path.isfile(os.path.join(workdir, "export", "sae_weights.safetensors")))
 
 
 def finish(run: Run, workdir: str) -> dict:
