@@ -62,7 +62,8 @@ def test_malformed_checkpoints_are_named(tmp_path):
 @pytest.mark.slow
 def test_packaged_smollm2_gguf_matches_transformers_on_the_same_file():
     """The packaged SmolLM2-135M GGUF (Q4_1/Q8_0, dequantised) through jaxsae and through
-    transformers' own GGUF loader give the same logits, and the same perplexity on Shakespeare."""
+    transformers' own GGUF loader give the same logits, the same perplexity on Shakespeare and the
+    same greedy continuations."""
     from jaxsae import packaged
     from jaxsae.evals.lm_loss import perplexity
     from jaxsae.models.tokenizer import load_tokenizer
@@ -91,6 +92,17 @@ def test_packaged_smollm2_gguf_matches_transformers_on_the_same_file():
           f"transformers {ppl_hf:.3f}")
     assert ppl == pytest.approx(ppl_hf, rel=1e-4)
     assert 2 < ppl < 200
+    # greedy generation on the same weights: the same 12 tokens as transformers' generate
+    from jaxsae import generate
+
+    prompt = windows[:, :24]
+    hf.generation_config.eos_token_id = None  # run to 12 tokens, as jaxsae does (no end-of-sequence stop)
+    with torch.no_grad():
+        ids = torch.from_numpy(prompt)
+        want_new = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                               pad_token_id=tok.bos_id)[:, 24:].numpy()
+    assert want_new.shape == (2, 12)
+    np.testing.assert_array_equal(np.asarray(generate.greedy(lm, prompt, 12)), want_new)
 
 
 def test_packaged_model_missing_names_the_install(monkeypatch):
