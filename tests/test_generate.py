@@ -3,13 +3,12 @@ models of every family; a surgery applies at every generated position (equal to 
 spliced model on the whole sequence each step); one compile per shape; sampling is reproducible
 per key and follows softmax(logits / temperature)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from tiny_models import CASES, VOCAB, save_tiny
-
-import jax
-import jax.numpy as jnp
 
 from jaxsae import generate, models, sites
 
