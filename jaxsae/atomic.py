@@ -51,15 +51,12 @@ def _commit(tmp: str, path: str) -> None:
 
 def atomic_write_bytes(path: str, write) -> None:
     """Write through `write(file)` to a temporary file, then commit it to `path`."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def produce(tmp: str) -> None:
         with open(tmp, "wb") as f:
             write(f)
-        _commit(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_copy_into(path, produce)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -68,7 +65,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_copy_into(path: str, produce) -> None:
     """For writers that only take a file name (e.g. safetensors' save_file): `produce(tmp_path)`
-    writes the temporary file, which is then committed to `path` the same way."""
+    writes the temporary file, which is then fsynced, given its mode and renamed to `path`."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         produce(tmp)
