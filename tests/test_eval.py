@@ -32,10 +32,28 @@ def test_streaming_metrics_equal_the_direct_formulas():
     x = rng.normal(size=(300, 8)) + 3.0  # an offset mean: the denominator must subtract it
     x_hat = 0.8 * x + rng.normal(scale=0.3, size=x.shape)
     f = np.maximum(rng.normal(size=(300, 20)) - 1.0, 0)
+    window = np.arange(300) // 10  # rows of 30 windows of 10 tokens
     s = core._Stream(8, 20)
-    for i in range(0, 300, 64):
-        s.add(x[i : i + 64], x_hat[i : i + 64], f[i : i + 64], i)
+    for i in range(0, 300, 60):  # whole windows per batch, as the evaluation feeds them
+        s.add(x[i : i + 60], x_hat[i : i + 60], f[i : i + 60], i, window_n=window[i : i + 60])
     m = s.metrics(8)
+    # SAEBench's per-token forms, batch by batch
+    ev_legacy, mse_sb = [], []
+    for i in range(0, 300, 60):
+        xb, eb = x[i : i + 60], (x - x_hat)[i : i + 60]
+        sse = (eb**2).sum(1)
+        ev_legacy += list(1 - sse / ((xb - xb.mean(0)) ** 2).sum(1))
+        mse_sb += list(sse / len(xb))
+    assert m["explained_variance_legacy"] == pytest.approx(np.mean(ev_legacy))
+    assert m["mse_saebench"] == pytest.approx(np.mean(mse_sb))
+    assert m["l2_norm_in"] == pytest.approx(np.linalg.norm(x, axis=1).mean())
+    assert m["l2_norm_out"] == pytest.approx(np.linalg.norm(x_hat, axis=1).mean())
+    dens = (f > 0).mean(0)
+    assert m["frac_alive"] == pytest.approx((dens > 0).mean())
+    assert m["normalized_freq_over_1_percent"] == pytest.approx(dens[dens > 0.01].sum() / dens.sum())
+    fired_w = np.array([(f[window == w] > 0).any(0) for w in range(30)]).sum(0)
+    want = np.where(fired_w > 0, (f > 0).sum(0) / np.maximum(fired_w, 1), np.nan)
+    np.testing.assert_allclose(s.consistent_activation(), want)
     err = ((x - x_hat) ** 2).sum()
     assert m["fvu"] == pytest.approx(err / ((x - x.mean(0)) ** 2).sum(), rel=1e-10)
     assert m["l2_loss"] == pytest.approx(err / 300)
@@ -107,4 +125,20 @@ def test_harvest_train_evaluate_writes_the_report(lm_dir, tmp_path):
         assert open(os.path.join(out, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
     assert page.count("data:image/png;base64,") == 2 and page.count("<h3>latent ") == 3
+    # the same evaluation in SAEBench's schema, loadable by SAEBench's own output class
+    from sae_bench.evals.core.eval_output import CoreEvalOutput
+
+    from jaxsae.evals import results
+
+    core_json = results.read(os.path.join(out, "evals", "core.json"))
+    parsed = CoreEvalOutput(**core_json)
+    assert parsed.eval_type_id == "core" and len(parsed.eval_result_details) == 128
+    r = core_json["eval_result_metrics"]
+    assert r["model_performance_preservation"]["ce_loss_score"] == pytest.approx(saved["ce_loss_recovered"])
+    assert r["model_behavior_preservation"]["kl_div_with_sae"] == pytest.approx(saved["kl_div"])
+    assert r["reconstruction_quality"]["explained_variance"] == pytest.approx(1 - saved["fvu"])
+    assert r["sparsity"]["l0"] == pytest.approx(saved["l0"])
+    assert "explained_variance" in core_json["eval_config"]["jaxsae"]["differences_from_saebench"]
+    dens = [d["feature_density"] for d in core_json["eval_result_details"]]
+    assert np.mean(np.array(dens) == 0) == pytest.approx(saved["dead_fraction"])
     assert "src='http" not in page and "<span title=" in page

@@ -42,13 +42,29 @@ class _Stream:
         self.sum_sq_x = self.sum_sq_err = self.sum_cos = self.sum_ratio = 0.0
         self.sum_sq_xhat = self.sum_dot = self.sum_l0 = self.sum_l1 = 0.0
         self.fires = np.zeros(f, np.int64)
+        self.prompts_fired = np.zeros(f, np.int64)  # windows in which each latent fired at least once
+        self.sum_norm_x = self.sum_norm_xhat = self.sum_ev_legacy = self.sum_mse_saebench = 0.0
         self.l0_tokens: list[np.ndarray] = []
         self.top: list[list[tuple[float, int]]] = [[] for _ in range(f)]  # min-heaps of (value, row id)
 
-    def add(self, x, x_hat, f_nf, row0: int) -> None:
+    def add(self, x, x_hat, f_nf, row0: int, window_n=None) -> None:
+        """One batch of rows; `window_n` [rows] numbers each row's window (None: one window). A
+        window's rows come in one call (the evaluation batches whole windows)."""
         x, x_hat, f_nf = (np.asarray(a, np.float64) for a in (x, x_hat, f_nf))
         err = x - x_hat
         nx, nh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
+        sse_n = (err * err).sum(1)
+        self.sum_norm_x += float(nx.sum())
+        self.sum_norm_xhat += float(nh.sum())
+        # SAEBench's per-token forms: explained variance against this batch's mean, and its mse
+        # (per-token SSE over the batch's token count, so it shrinks as batches grow)
+        tss_n = ((x - x.mean(0)) ** 2).sum(1)
+        self.sum_ev_legacy += float((1.0 - sse_n / np.maximum(tss_n, 1e-30)).sum())
+        self.sum_mse_saebench += float(sse_n.sum() / max(len(x), 1))
+        fired = f_nf > 0
+        windows = np.zeros(len(x), np.int64) if window_n is None else np.asarray(window_n)
+        for w in np.unique(windows):
+            self.prompts_fired += fired[windows == w].any(0)
         self.n += len(x)
         self.sum_x += x.sum(0)
         self.sum_sq_x += float((x * x).sum())
@@ -83,6 +99,7 @@ class _Stream:
         total_var = self.sum_sq_x - n * float(mean @ mean)
         fvu = self.sum_sq_err / max(total_var, 1e-30)
         p = self.fires / n
+        total_p = max(float(p.sum()), 1e-30)
         return {
             "n_tokens": self.n, "l0": self.sum_l0 / n, "l1": self.sum_l1 / n, "l2_loss": self.sum_sq_err / n,
             "mse": self.sum_sq_err / n / d, "fvu": fvu, "explained_variance": 1.0 - fvu,
@@ -90,7 +107,18 @@ class _Stream:
             "relative_reconstruction_bias": self.sum_sq_xhat / max(self.sum_dot, 1e-30),
             "dead_fraction": float((p == 0).mean()), "dense_fraction_over_1_percent": float((p > 0.01).mean()),
             "dense_fraction_over_10_percent": float((p > 0.1).mean()),
+            "frac_alive": float((p > 0).mean()),
+            "normalized_freq_over_1_percent": float(p[p > 0.01].sum() / total_p),
+            "normalized_freq_over_10_percent": float(p[p > 0.1].sum() / total_p),
+            "l2_norm_in": self.sum_norm_x / n, "l2_norm_out": self.sum_norm_xhat / n,
+            "explained_variance_legacy": self.sum_ev_legacy / n,
+            "mse_saebench": self.sum_mse_saebench / n,
         }
+
+    def consistent_activation(self) -> np.ndarray:
+        """Per latent: its firings per window in which it fired at all (nan for latents that never fire)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.prompts_fired > 0, self.fires / np.maximum(self.prompts_fired, 1), np.nan)
 
 
 def _next_token_terms(logits_btv, ref_logp_btv, tokens_bt, valid_bt):
@@ -196,7 +224,7 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
         w, t = np.nonzero(keep)
         x = tokens_lib.text_rows(capture(jnp.asarray(tok))[site], keep).astype(np.float32)
         f = encode(sae, jnp.asarray(x))
-        stream.add(x, decode(sae, f), np.asarray(f), len(row_of))
+        stream.add(x, decode(sae, f), np.asarray(f), len(row_of), window_n=w)
         row_of.extend(zip((w + start).tolist(), t.tolist()))
         st["next"] = start + batch_windows
         prog.save(force=st["next"] >= n_windows)
@@ -239,5 +267,6 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     })
     top = {i: sorted(h, reverse=True) for i, h in enumerate(stream.top) if h}
     return {"metrics": metrics, "density": stream.fires / max(stream.n, 1), "l0_tokens": np.concatenate(stream.l0_tokens),
+            "consistent_activation": stream.consistent_activation(),
             "top": {i: [(v, *row_of[r]) for v, r in items] for i, items in top.items()}, "tokens": all_tokens,
             "capture": capture, "encode": lambda x: encode(sae, x), "site": site}

@@ -17,13 +17,13 @@ from jaxsae.config import DataConfig
 from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
-from jaxsae.evals import core
+from jaxsae.evals import core, core_saebench, results
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
 
 log = logging.getLogger("jaxsae")
 PROGRESS = ".eval_progress.pkl"
-PROGRESS_FORMAT = 1  # bump when the saved evaluation state changes shape
+PROGRESS_FORMAT = 2  # bump when the saved evaluation state changes shape
 
 
 def site_of(export_dir: str, data: DataConfig) -> str:
@@ -63,7 +63,8 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
     site = site_of(export_dir, data)
     ident = _identity(export_dir, data, site, seed, windows, downstream_windows, n_latents)
     metrics_path = os.path.join(out_dir, "metrics.json")
-    if os.path.isfile(metrics_path) and os.path.isfile(os.path.join(out_dir, "report.html")):
+    outputs = (metrics_path, os.path.join(out_dir, "report.html"), os.path.join(out_dir, "evals", "core.json"))
+    if all(os.path.isfile(p) for p in outputs):
         with open(metrics_path) as f:
             try:
                 old = json.load(f)
@@ -85,6 +86,22 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(alive, size=min(n_latents, len(alive)), replace=False).tolist()) if len(alive) else []
     contexts = report.context_rows(result, sample, tok, batch=data.lm.batch_windows)
+    with open(os.path.join(export_dir, saelens.CFG)) as f:
+        sae_cfg = json.load(f)
+    bw = data.lm.batch_windows
+    eval_config = {  # SAEBench's CoreEvalConfig fields, then jaxsae's own
+        "model_name": os.path.basename(harvest_lib.model_path(data.lm)), "llm_dtype": data.lm.dtype,
+        "batch_size_prompts": bw, "n_eval_reconstruction_batches": min(downstream_windows, windows) // bw,
+        "n_eval_sparsity_variance_batches": windows // bw, "dataset": data.text.path or data.text.kind,
+        "context_size": data.lm.context, "compute_kl": True, "compute_ce_loss": True, "compute_l2_norms": True,
+        "compute_sparsity_metrics": True, "compute_variance_metrics": True,
+        "compute_featurewise_density_statistics": True, "compute_featurewise_weight_based_metrics": True,
+        "exclude_special_tokens_from_reconstruction": True, "verbose": False,
+        "site": site, "seed": seed, "text": dataclasses.asdict(data.text), "mean_ablation_also": True,
+    }
+    core_json = core_saebench.core_result(result["metrics"], result["density"], result["consistent_activation"],
+                                          sae.params, eval_config, sae_cfg)
+    results.write(out_dir, core_json)
     shown = {k: v for k, v in metrics.items() if k != "identity"}
     report.write_report(out_dir, f"{os.path.basename(os.path.abspath(export_dir))} at {site}", shown, paths,
                         contexts, result["density"])
