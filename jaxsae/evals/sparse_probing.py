@@ -1,0 +1,198 @@
+"""Sparse probing, as SAEBench runs it (evals/sparse_probing), on offline labelled text.
+
+For each dataset (jaxsae.evals.probe_datasets) and each of its binary tasks:
+1. prompts are tokenized (BOS first, cut to `context` tokens, right-padded) and run through the
+   model up to the dictionary's site; BOS/pad positions are dropped and the remaining positions'
+   activations mean-pooled into one [d] vector per prompt; the dictionary's latents are computed per
+   token, masked the same way and mean-pooled into one [d_sae] vector;
+2. train and test sets are balanced (half positive); a multi-class file gives one one-vs-rest task
+   per class with negatives drawn evenly from the other classes;
+3. for k in `k_values` the k dimensions with the largest |mean_pos - mean_neg| on the training set
+   are kept and an L2 logistic regression (C=1) is fit on them (jaxsae.evals.probes: sklearn's
+   objective); the full-width probes use every dimension;
+4. test accuracies are averaged over a dataset's tasks, then over datasets.
+
+Differences from SAEBench, written into eval_config: its full-width probes pick the epoch with the
+best *test* accuracy (selection on the test set); here they are fit once on the training set and
+scored once on the test set. Its datasets are replaced by the offline ones above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxsae import sites
+from jaxsae.data import tokens as tokens_lib
+from jaxsae.evals import probe_datasets, probes, results
+
+log = logging.getLogger("jaxsae")
+REPORTED_K = (1, 2, 5, 10, 20, 50, 100)  # SAEBench's result keys; k values not run are written as null
+DIFFERENCES = {
+    "full_width_probes": "fit once on the training set and scored once on the test set (SAEBench keeps the "
+                         "epoch with the best test accuracy: model selection on the test set)",
+    "datasets": "offline sets from the sae-probes package (sentiment, news topic, code language, gender, "
+                "country) in place of SAEBench's hub datasets",
+    "probe_solver": "L-BFGS on sklearn's LogisticRegression(C) objective, in JAX",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseProbingConfig:
+    datasets: tuple[str, ...] = tuple(probe_datasets.DATASETS)
+    train_size: int = 4000  # rows per binary task, half positive (SAEBench probe_train_set_size)
+    test_size: int = 1000  # (probe_test_set_size)
+    context: int = 128
+    k_values: tuple[int, ...] = (1, 2, 5)
+    batch_prompts: int = 16
+    C: float = 1.0
+    seed: int = 42
+
+    def validate(self) -> SparseProbingConfig:
+        probe_datasets.check_names(self.datasets)
+        if self.train_size < 2 or self.test_size < 2 or self.train_size % 2 or self.test_size % 2:
+            raise ValueError(f"sparse probing: train_size and test_size must be even and >= 2, got "
+                             f"{self.train_size}, {self.test_size}")
+        if self.context < 2 or self.batch_prompts < 1 or not self.k_values or min(self.k_values) < 1:
+            raise ValueError("sparse probing: context >= 2, batch_prompts >= 1 and k_values >= 1 are required")
+        return self
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    train_rows: np.ndarray  # indices into the dataset's prompts
+    y_train: np.ndarray
+    test_rows: np.ndarray
+    y_test: np.ndarray
+
+
+def _balanced(y: np.ndarray, n: int, rng, exclude=()) -> np.ndarray:
+    pool = np.setdiff1d(np.arange(len(y)), np.asarray(exclude, np.int64))
+    pos, neg = pool[y[pool]], pool[~y[pool]]
+    if len(pos) < n // 2 or len(neg) < n // 2:
+        raise ValueError(f"needs {n // 2} rows of each class, has {len(pos)} positive and {len(neg)} negative")
+    return np.concatenate([rng.permutation(pos)[: n // 2], rng.permutation(neg)[: n // 2]])
+
+
+def build_tasks(name: str, cfg: SparseProbingConfig) -> tuple[list[str], list[Task]]:
+    """(prompts, tasks) of one dataset; tasks index into the prompts."""
+    prompts: list[str] = []
+    tasks: list[Task] = []
+    rng = np.random.default_rng(cfg.seed)
+    for src in probe_datasets.DATASETS[name]:
+        texts, targets = probe_datasets.read(src.file)
+        base = len(prompts)
+        prompts += texts
+        targets = np.asarray(targets)
+        try:
+            if src.positive is not None:  # a binary file
+                y = targets == src.positive
+                train = _balanced(y, cfg.train_size, rng)
+                test = _balanced(y, cfg.test_size, rng, exclude=train)
+                tasks.append(Task(src.file, base + train, y[train].astype(np.int32), base + test,
+                                  y[test].astype(np.int32)))
+                continue
+            order = rng.permutation(len(targets))  # multi-class: disjoint train / test pools
+            cut = int(len(order) * cfg.train_size / (cfg.train_size + cfg.test_size))
+            train_pool, test_pool = order[:cut], order[cut:]
+            for cls in sorted(set(targets.tolist())):
+                tr, y_tr = probes.one_vs_rest(targets[train_pool], cls, cfg.train_size // 2, rng)
+                te, y_te = probes.one_vs_rest(targets[test_pool], cls, cfg.test_size // 2, rng)
+                tasks.append(Task(f"{src.file}/{cls}", base + train_pool[tr], y_tr, base + test_pool[te], y_te))
+        except ValueError as e:
+            raise ValueError(f"sparse probing dataset {name!r} ({src.file}): {e}; lower train_size/test_size") from e
+    return prompts, tasks
+
+
+def tokenize(prompts: list[str], tokenizer, context: int) -> np.ndarray:
+    """[n, context] ids: BOS, the prompt's first context-1 tokens, then BOS as padding (never text)."""
+    pad = tokenizer.bos_id
+    out = np.full((len(prompts), context), pad, np.int32)
+    for i, p in enumerate(prompts):
+        ids = [tokenizer.bos_id, *tokenizer.encode(p)][:context]
+        out[i, : len(ids)] = ids
+    return out
+
+
+@jax.jit
+def _pool(acts_btd, mask_bt, sae):
+    m = mask_bt[..., None].astype(jnp.float32)
+    count = jnp.maximum(m.sum(1), 1.0)
+    f_btf = sae.encode(acts_btd.astype(jnp.float32))
+    return (acts_btd * m).sum(1) / count, (f_btf * m).sum(1) / count
+
+
+def pooled(lm, sae, site: str, tokens_nt: np.ndarray, specials, batch: int, progress: bool = False):
+    """(mean-pooled activations [n, d], mean-pooled latents [n, d_sae]) over each row's text tokens."""
+    capture = sites.capture_fn(lm, [site])
+    llm, lat = [], []
+    n = len(tokens_nt)
+    for s in tqdm(range(0, n, batch), desc="probing: activations", disable=not progress, leave=False):
+        tok = tokens_nt[s : s + batch]
+        real = len(tok)
+        if real < batch:  # a full batch keeps one compiled shape
+            tok = np.concatenate([tok, np.repeat(tok[-1:], batch - real, 0)])
+        mask = tokens_lib.content_mask(tok, specials)
+        a, f = _pool(capture(jnp.asarray(tok))[site], jnp.asarray(mask), sae)
+        llm.append(np.asarray(a)[:real])
+        lat.append(np.asarray(f)[:real])
+    return np.concatenate(llm), np.concatenate(lat)
+
+
+def _probe_accuracies(train_x, y_train, test_x, y_test, k_values, C) -> dict:
+    out = {}
+    for k in (None, *k_values):
+        cols = np.arange(train_x.shape[1]) if k is None else probes.top_k_by_mean_diff(train_x, y_train, k)
+        w, b = probes.fit_logistic(train_x[:, cols], y_train, C=C)
+        out[k] = probes.accuracy(w, b, test_x[:, cols], y_test)
+    return out
+
+
+def _keys(prefix: str, acc: dict, k_values) -> dict:
+    row = {f"{prefix}_test_accuracy": acc[None]}
+    for k in REPORTED_K:
+        row[f"{prefix}_top_{k}_test_accuracy"] = acc[k] if k in k_values else None
+    return row
+
+
+def run(lm, sae, site: str, tokenizer, cfg: SparseProbingConfig = SparseProbingConfig(), sae_cfg: dict | None = None,
+        model_name: str = "", llm_dtype: str = "float32", progress: bool = True) -> dict:
+    """The sparse-probing result (SAEBench schema) of dictionary `sae` at `site` of `lm`."""
+    cfg = cfg.validate()
+    k_values = tuple(k for k in cfg.k_values if k <= sae.d_sae)
+    specials = tokens_lib.special_ids(tokenizer)
+    details = []
+    for name in cfg.datasets:
+        prompts, tasks = build_tasks(name, cfg)
+        needed = np.unique(np.concatenate([np.concatenate([t.train_rows, t.test_rows]) for t in tasks]))
+        where = {int(r): i for i, r in enumerate(needed)}  # one forward per prompt, shared by the tasks
+        llm_x, sae_x = pooled(lm, sae, site, tokenize([prompts[i] for i in needed], tokenizer, cfg.context), specials,
+                              cfg.batch_prompts, progress)
+        per_task = []
+        for t in tasks:
+            tr = np.array([where[int(r)] for r in t.train_rows])
+            te = np.array([where[int(r)] for r in t.test_rows])
+            llm_acc = _probe_accuracies(llm_x[tr], t.y_train, llm_x[te], t.y_test, k_values, cfg.C)
+            sae_acc = _probe_accuracies(sae_x[tr], t.y_train, sae_x[te], t.y_test, k_values, cfg.C)
+            per_task.append({**_keys("llm", llm_acc, k_values), **_keys("sae", sae_acc, k_values)})
+        row = {key: (None if per_task[0][key] is None else float(np.mean([p[key] for p in per_task])))
+               for key in per_task[0]}
+        details.append({"dataset_name": name, **row})
+        log.info("sparse probing %s: llm %.3f, sae %.3f, sae top-1 %.3f", name, row["llm_test_accuracy"],
+                 row["sae_test_accuracy"], row["sae_top_1_test_accuracy"] or float("nan"))
+    mean = {key: (None if details[0][key] is None else float(np.mean([d[key] for d in details])))
+            for key in details[0] if key != "dataset_name"}
+    metrics = {"llm": {k: v for k, v in mean.items() if k.startswith("llm")},
+               "sae": {k: v for k, v in mean.items() if k.startswith("sae")}}
+    eval_config = {"random_seed": cfg.seed, "dataset_names": list(cfg.datasets), "probe_train_set_size": cfg.train_size,
+                   "probe_test_set_size": cfg.test_size, "context_length": cfg.context,
+                   "sae_batch_size": cfg.batch_prompts, "llm_batch_size": cfg.batch_prompts, "llm_dtype": llm_dtype,
+                   "model_name": model_name, "k_values": list(k_values), "lower_vram_usage": False, "site": site,
+                   "C": cfg.C}
+    return results.build("sparse_probing", eval_config, metrics, details, sae_cfg, differences=DIFFERENCES)
