@@ -1,5 +1,6 @@
 """Evaluate an exported dictionary (SAELens format) on a language model: core metrics, plots and
-an HTML report with top-activating contexts.
+an HTML report with top-activating contexts, and SAEBench-schema results in OUT/evals/ (core, and
+sparse probing with --evals=core,sparse_probing).
 
   python -m experiments.eval_sae --config=configs/demo.py --sae=runs/demo/export --out=runs/demo/eval
 
@@ -23,16 +24,30 @@ _WINDOWS = flags.DEFINE_integer("windows", 128, "Context windows for the reconst
 _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows for the spliced-model losses.")
 _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
+_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing.")
+_PROBE_DATASETS = flags.DEFINE_list("probe_datasets", None, "Sparse probing datasets (default: all of "
+                                    "sentiment, news_topic, code_language, gender, country).")
+_PROBE_TRAIN = flags.DEFINE_integer("probe_train", 4000, "Sparse probing: training rows per task (SAEBench: 4000).")
+_PROBE_TEST = flags.DEFINE_integer("probe_test", 1000, "Sparse probing: test rows per task (SAEBench: 1000).")
+_PROBE_CONTEXT = flags.DEFINE_integer("probe_context", 128, "Sparse probing: tokens per prompt (SAEBench: 128).")
 
 
 def main(argv):
     del argv
-    from jaxsae.evals.run import evaluate_export
+    from jaxsae.evals import probe_datasets
+    from jaxsae.evals.run import check_evals, evaluate
+    from jaxsae.evals.sparse_probing import SparseProbingConfig
 
+    evals = check_evals(_EVALS.value)  # unknown names fail before anything loads
     cfg = config_lib.from_configdict(_CONFIG.value)
-    metrics = evaluate_export(_SAE.value, cfg.data, _OUT.value, seed=_SEED.value, windows=_WINDOWS.value,
-                              downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value)
-    print(json.dumps(metrics, indent=2))
+    probing = SparseProbingConfig(datasets=tuple(_PROBE_DATASETS.value or probe_datasets.DATASETS),
+                                  train_size=_PROBE_TRAIN.value, test_size=_PROBE_TEST.value,
+                                  context=_PROBE_CONTEXT.value).validate()
+    out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
+                   downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing)
+    if "core" in out:
+        out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

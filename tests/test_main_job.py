@@ -29,9 +29,17 @@ def test_harvest_train_evaluate_binaries(tmp_path):
     out = _run("experiments.train_sae", *common, f"--workdir={work}", "--config.sae.d_sae=128", "--config.sae.k=8",
                "--config.train.steps=60", "--config.train.batch_size=128", "--config.train.checkpoint_every=30")
     assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--evals=core,probing")
+    assert out.returncode == 2 and "unknown evaluation(s) ['probing']; valid: core, sparse_probing" in out.stderr
     out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--windows=16",
-               "--downstream_windows=8", "--latents=4")
+               "--downstream_windows=8", "--latents=4", "--evals=core,sparse_probing",
+               "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16")
     assert out.returncode == 0, out.stderr[-3000:]
+    printed = json.loads(out.stdout)
+    probing = json.load(open(os.path.join(work, "eval", "evals", "sparse_probing.json")))
+    assert probing["eval_result_metrics"] == printed["sparse_probing"]
+    assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["sentiment", "gender"]
+    assert os.path.isfile(os.path.join(work, "eval", "evals", "core.json"))
     m = json.load(open(os.path.join(work, "eval", "metrics.json")))
     assert m["site"] == "blocks.2.hook_resid_post" and {"ce_loss_recovered", "kl_div", "l0", "fvu",
                                                         "dead_fraction"} <= set(m)

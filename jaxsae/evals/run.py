@@ -1,6 +1,6 @@
-"""Evaluate an exported dictionary end to end: load the LM and the SAELens-format export, build the
-evaluation windows from the configured text, compute the core metrics, and write metrics.json,
-PNG plots and report.html into one directory."""
+"""Evaluate an exported dictionary end to end: load the LM (once) and the SAELens-format export, run
+the requested evaluations (core: metrics.json, PNG plots, report.html and evals/core.json;
+sparse_probing: evals/sparse_probing.json) into one output directory, one writer at a time."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from jaxsae.config import DataConfig
 from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
-from jaxsae.evals import core, core_saebench, results
+from jaxsae.evals import core, core_saebench, results, sparse_probing
+from jaxsae.evals.sparse_probing import SparseProbingConfig
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
 
@@ -32,17 +33,85 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
+EVALS = ("core", "sparse_probing")  # the evaluations `evaluate` runs (more arrive with issue 10)
+
+
+def check_evals(names) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in names if n.strip())
+    bad = [n for n in names if n not in EVALS]
+    if bad or not names:
+        raise ValueError(f"unknown evaluation(s) {bad or names}; valid: {', '.join(EVALS)}")
+    return names
+
+
+class _LazyLM:
+    """Loads the model and tokenizer on first use, once for every evaluation of a call."""
+
+    def __init__(self, lm_cfg):
+        self.lm_cfg, self.value = lm_cfg, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = harvest_lib.load_lm(self.lm_cfg)
+        return self.value
+
+
+def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
+             downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
+             progress: bool = True) -> dict:
+    """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
+    loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing ->
+    evals/sparse_probing.json. Each is skipped when its outputs already hold the same evaluation.
+    Returns {eval name: its metrics}."""
+    evals = check_evals(evals)
+    lm = _LazyLM(data.lm)
+    out = {}
+    with runlock.hold(out_dir, "evaluation"):
+        if "core" in evals:
+            try:
+                out["core"] = _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents,
+                                        progress, lm)
+            except KeyboardInterrupt:
+                saved = os.path.join(out_dir, PROGRESS)
+                where = f"its progress is saved in {saved}" if os.path.isfile(saved) else "no batch had finished"
+                raise KeyboardInterrupt(f"evaluation interrupted; {where}: rerun the same command to resume") from None
+        if "sparse_probing" in evals:
+            out["sparse_probing"] = _sparse_probing(export_dir, data, out_dir, probing or SparseProbingConfig(),
+                                                    progress, lm)
+    return out
+
+
 def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int = 1, windows: int = 64,
                     downstream_windows: int = 16, n_latents: int = 12, progress: bool = True) -> dict:
-    """metrics.json, density/L0 plots and report.html for the export at `export_dir`; returns the metrics.
-    `seed` picks the evaluation windows (use a different one from the harvest's for held-out text)."""
-    with runlock.hold(out_dir, "evaluation"):
+    """The core evaluation alone (see `evaluate`); returns its metrics. `seed` picks the evaluation
+    windows (use a different one from the harvest's for held-out text)."""
+    return evaluate(export_dir, data, out_dir, ("core",), seed, windows, downstream_windows, n_latents,
+                    progress=progress)["core"]
+
+
+def _sparse_probing(export_dir, data, out_dir, cfg: SparseProbingConfig, progress: bool, lm) -> dict:
+    site = site_of(export_dir, data)
+    model = os.path.abspath(harvest_lib.model_path(data.lm))
+    ident = {"format": PROGRESS_FORMAT, "site": site, "model": model, "dtype": data.lm.dtype,
+             "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
+             "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
+    path = os.path.join(out_dir, "evals", "sparse_probing.json")
+    if os.path.isfile(path):
         try:
-            return _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress)
-        except KeyboardInterrupt:
-            saved = os.path.join(out_dir, PROGRESS)
-            where = f"its progress is saved in {saved}" if os.path.isfile(saved) else "no batch had finished"
-            raise KeyboardInterrupt(f"evaluation interrupted; {where}: rerun the same command to resume") from None
+            old = results.read(path)
+        except results.ResultError:
+            old = None
+        if old and old["eval_config"].get("identity") == ident:
+            log.info("%s already holds this sparse probing evaluation: nothing to do", path)
+            return old["eval_result_metrics"]
+    with open(os.path.join(export_dir, saelens.CFG)) as f:
+        sae_cfg = json.load(f)
+    model_lm, tok = lm()
+    result = sparse_probing.run(model_lm, saelens.load(export_dir), site, tok, cfg, sae_cfg=sae_cfg,
+                                model_name=os.path.basename(model), llm_dtype=data.lm.dtype, progress=progress)
+    result["eval_config"]["identity"] = ident
+    results.write(out_dir, result)
+    return result["eval_result_metrics"]
 
 
 def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: int, downstream_windows: int,
@@ -58,7 +127,7 @@ def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: 
             "downstream_windows": downstream_windows, "latents": n_latents}
 
 
-def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress) -> dict:
+def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress, lm) -> dict:
     sae = saelens.load(export_dir)
     site = site_of(export_dir, data)
     ident = _identity(export_dir, data, site, seed, windows, downstream_windows, n_latents)
@@ -74,7 +143,7 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
             log.info("%s already holds this evaluation (same export, model, text and settings): nothing to do",
                      out_dir)
             return old
-    lm, tok = harvest_lib.load_lm(data.lm)
+    lm, tok = lm()
     ds = harvest_lib.token_windows(data.text, tok, data.lm.context, seed)
     result = core.evaluate(lm, sae, site, ds, windows, data.lm.batch_windows, tokens_lib.special_ids(tok),
                            downstream_windows, progress=progress, progress_path=os.path.join(out_dir, PROGRESS),
