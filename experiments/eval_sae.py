@@ -24,7 +24,7 @@ _WINDOWS = flags.DEFINE_integer("windows", 128, "Context windows for the reconst
 _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows for the spliced-model losses.")
 _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
-_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing.")
+_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, meta_structure.")
 _PROBE_DATASETS = flags.DEFINE_list("probe_datasets", None, "Sparse probing datasets (default: all of "
                                     "sentiment, news_topic, code_language, gender, country).")
 _PROBE_TRAIN = flags.DEFINE_integer("probe_train", 4000, "Sparse probing: training rows per task (SAEBench: 4000).")

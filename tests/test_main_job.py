@@ -30,7 +30,7 @@ def test_harvest_train_evaluate_binaries(tmp_path):
                "--config.train.steps=60", "--config.train.batch_size=128", "--config.train.checkpoint_every=30")
     assert out.returncode == 0, out.stderr[-3000:]
     out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--evals=core,probing")
-    assert out.returncode == 2 and "unknown evaluation(s) ['probing']; valid: core, sparse_probing" in out.stderr
+    assert out.returncode == 2 and "unknown evaluation(s) ['probing']; valid: core, sparse_probing, meta" in out.stderr
     out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--windows=16",
                "--downstream_windows=8", "--latents=4", "--evals=core,sparse_probing",
                "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16")

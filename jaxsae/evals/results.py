@@ -24,7 +24,7 @@ from typing import Any
 from jaxsae.atomic import atomic_write_text
 
 EVAL_TYPES = ("core", "sparse_probing", "absorption_first_letter", "scr", "tpp", "ravel", "unlearning",
-              "autointerp", "meta_structure")
+              "autointerp", "meta_structure_decoder_variance")
 KEYS = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
         "eval_result_details", "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id", "sae_lens_version",
         "sae_cfg_dict", "eval_result_unstructured")

@@ -17,7 +17,7 @@ from jaxsae.config import DataConfig
 from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
-from jaxsae.evals import core, core_saebench, results, sparse_probing
+from jaxsae.evals import core, core_saebench, meta_structure, results, sparse_probing
 from jaxsae.evals.sparse_probing import SparseProbingConfig
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
@@ -33,7 +33,7 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing")  # the evaluations `evaluate` runs (more arrive with issue 10)
+EVALS = ("core", "sparse_probing", "meta_structure")  # the evaluations `evaluate` runs
 
 
 def check_evals(names) -> tuple[str, ...]:
@@ -61,7 +61,9 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
              progress: bool = True) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing ->
-    evals/sparse_probing.json. Each is skipped when its outputs already hold the same evaluation.
+    evals/sparse_probing.json; meta_structure -> evals/meta_structure_decoder_variance.json (its
+    training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
+    evaluation (meta_structure resumes its training run).
     Returns {eval name: its metrics}."""
     evals = check_evals(evals)
     lm = _LazyLM(data.lm)
@@ -78,6 +80,12 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
         if "sparse_probing" in evals:
             out["sparse_probing"] = _sparse_probing(export_dir, data, out_dir, probing or SparseProbingConfig(),
                                                     progress, lm)
+        if "meta_structure" in evals:  # weights only: no model needed
+            with open(os.path.join(export_dir, saelens.CFG)) as f:
+                sae_cfg = json.load(f)
+            result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=sae_cfg, progress=progress)
+            results.write(out_dir, result)
+            out["meta_structure"] = result["eval_result_metrics"]
     return out
 
 
