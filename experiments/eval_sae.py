@@ -24,7 +24,16 @@ _WINDOWS = flags.DEFINE_integer("windows", 128, "Context windows for the reconst
 _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows for the spliced-model losses.")
 _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
-_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, meta_structure.")
+_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, meta_structure, "
+                            "autointerp.")
+_JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
+                           "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
+                           "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
+_JUDGE_URL = flags.DEFINE_string("judge_url", "https://api.openai.com/v1", "OpenAI-compatible base URL.")
+_JUDGE_MODEL = flags.DEFINE_string("judge_model", "gpt-4o-mini", "Judge model name (SAEBench: gpt-4o-mini).")
+_JUDGE_KEY = flags.DEFINE_string("judge_key_env", "OPENAI_API_KEY", "Environment variable holding the API key.")
+_INTERP_LATENTS = flags.DEFINE_integer("autointerp_latents", 1000, "Autointerp: latents scored (SAEBench: 1000).")
+_INTERP_TOKENS = flags.DEFINE_integer("autointerp_tokens", 2_000_000, "Autointerp: tokens scanned (SAEBench: 2M).")
 _PROBE_DATASETS = flags.DEFINE_list("probe_datasets", None, "Sparse probing datasets (default: all of "
                                     "sentiment, news_topic, code_language, gender, country).")
 _PROBE_TRAIN = flags.DEFINE_integer("probe_train", 4000, "Sparse probing: training rows per task (SAEBench: 4000).")
@@ -43,8 +52,16 @@ def main(argv):
     probing = SparseProbingConfig(datasets=tuple(_PROBE_DATASETS.value or probe_datasets.DATASETS),
                                   train_size=_PROBE_TRAIN.value, test_size=_PROBE_TEST.value,
                                   context=_PROBE_CONTEXT.value).validate()
+    from jaxsae.evals import judges
+    from jaxsae.evals.autointerp import AutointerpConfig
+
+    interp = AutointerpConfig(n_latents=_INTERP_LATENTS.value, total_tokens=_INTERP_TOKENS.value)
+    judge = {"lexical": judges.LexicalJudge, "local": lambda: None,
+             "openai": lambda: judges.OpenAICompatibleJudge(_JUDGE_URL.value, _JUDGE_MODEL.value, _JUDGE_KEY.value)}[
+        _JUDGE.value]()
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
-                   downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing)
+                   downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
+                   judge=judge)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

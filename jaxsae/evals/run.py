@@ -17,7 +17,16 @@ from jaxsae.config import DataConfig
 from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
-from jaxsae.evals import core, core_saebench, meta_structure, results, sparse_probing
+from jaxsae.evals import (
+    autointerp,
+    core,
+    core_saebench,
+    judges,
+    meta_structure,
+    results,
+    sparse_probing,
+)
+from jaxsae.evals.autointerp import AutointerpConfig
 from jaxsae.evals.sparse_probing import SparseProbingConfig
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
@@ -33,7 +42,7 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing", "meta_structure")  # the evaluations `evaluate` runs
+EVALS = ("core", "sparse_probing", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
 
 
 def check_evals(names) -> tuple[str, ...]:
@@ -58,12 +67,13 @@ class _LazyLM:
 
 def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
-             progress: bool = True) -> dict:
+             interp: AutointerpConfig | None = None, judge=None, progress: bool = True) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing ->
     evals/sparse_probing.json; meta_structure -> evals/meta_structure_decoder_variance.json (its
     training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
-    evaluation (meta_structure resumes its training run).
+    evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
+    by `judge` (default: the evaluated model itself, a smoke test).
     Returns {eval name: its metrics}."""
     evals = check_evals(evals)
     lm = _LazyLM(data.lm)
@@ -86,7 +96,23 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
             result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=sae_cfg, progress=progress)
             results.write(out_dir, result)
             out["meta_structure"] = result["eval_result_metrics"]
+        if "autointerp" in evals:
+            out["autointerp"] = _autointerp(export_dir, data, out_dir, interp or AutointerpConfig(), judge, seed,
+                                            progress, lm)
     return out
+
+
+def _autointerp(export_dir, data, out_dir, cfg: AutointerpConfig, judge, seed: int, progress: bool, lm) -> dict:
+    model_lm, tok = lm()
+    if judge is None:  # the evaluated model judges itself: a smoke test, see jaxsae.evals.judges
+        judge = judges.PenzaiLMJudge(model_lm, tok)
+    with open(os.path.join(export_dir, saelens.CFG)) as f:
+        sae_cfg = json.load(f)
+    ds = harvest_lib.token_windows(data.text, tok, cfg.context, seed)
+    result = autointerp.run(model_lm, saelens.load(export_dir), site_of(export_dir, data), tok, ds, judge, cfg,
+                            sae_cfg=sae_cfg, progress=progress)
+    results.write(out_dir, result)
+    return result["eval_result_metrics"]
 
 
 def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int = 1, windows: int = 64,
