@@ -131,3 +131,14 @@ def test_openai_compatible_judge_on_a_loopback_server(monkeypatch):
     with pytest.raises(judges.JudgeError, match="failed"):
         judges.OpenAICompatibleJudge(f"http://127.0.0.1:{server.server_port}/v1", "m", None, timeout_s=2).complete(
             [{"role": "user", "content": "hi"}], max_tokens=1, seed=0)
+
+
+@pytest.mark.slow
+def test_a_local_model_judge_runs_and_its_failures_are_counted(planted):
+    lm, tok, ds, sae, _ = planted
+    cfg = ai.AutointerpConfig(**{**CFG.__dict__, "n_latents": 1, "max_tokens_in_explanation": 6})
+    r = ai.run(lm, sae, SITE, tok, ds, judges.PenzaiLMJudge(lm, tok), cfg, progress=False)
+    m = r["eval_result_metrics"]["autointerp"]
+    log = r["eval_result_unstructured"][0]
+    assert m["n_latents_scored"] == 1 and isinstance(log["reply"], str)  # a random tiny model rarely parses:
+    assert m["parse_failures"] == int(log["parse_failed"])  # whatever it said is scored and accounted for
