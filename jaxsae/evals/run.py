@@ -67,16 +67,17 @@ class _LazyLM:
 
 def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
-             interp: AutointerpConfig | None = None, judge=None, progress: bool = True) -> dict:
+             interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing ->
     evals/sparse_probing.json; meta_structure -> evals/meta_structure_decoder_variance.json (its
     training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
     evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
     by `judge` (default: the evaluated model itself, a smoke test).
+    `model`: an already loaded (lm, tokenizer) for data.lm, else it is loaded on first use.
     Returns {eval name: its metrics}."""
     evals = check_evals(evals)
-    lm = _LazyLM(data.lm)
+    lm = (lambda: model) if model is not None else _LazyLM(data.lm)
     out = {}
     with runlock.hold(out_dir, "evaluation"):
         if "core" in evals:
