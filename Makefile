@@ -25,7 +25,7 @@ demo: venv  # the main job: SmolLM2 + Shakespeare -> store -> TopK dictionary ->
 	$(BIN)/python -m experiments.harvest --config=configs/demo.py --config.data.path=runs/demo/store
 	$(BIN)/python -m experiments.train_sae --config=configs/demo.py --config.data.path=runs/demo/store --workdir=runs/demo
 	$(BIN)/python -m experiments.eval_sae --config=configs/demo.py --sae=runs/demo/export --out=runs/demo \
-	    --evals=core,sparse_probing --probe_train=200 --probe_test=100 --probe_context=64
+	    --evals=core,sparse_probing --probe_train=100 --probe_test=50 --probe_context=64
 
 demo-toy: venv  # toy ground-truth run (known features; summary.json reports their recovery)
 	$(BIN)/python -m experiments.train_sae --config=configs/toy.py --workdir=runs/toy

@@ -6,7 +6,7 @@ other in one process on this machine, each into a fresh output directory:
   meta_structure  the BatchTopK meta-dictionary on the decoder rows (SAEBench's 1500 steps)
   autointerp      --interp_latents latents over --interp_tokens tokens, the lexical judge (no network)
 
-  python -m benchmarks.evals [--sae runs/demo/export] [--probe_train 200 --probe_test 100] [--json]
+  python -m benchmarks.evals [--sae runs/demo/export] [--probe_train 100 --probe_test 50] [--json]
 
 The model loads once (its load time is reported apart); each figure is the eval's own wall time.
 """
@@ -23,11 +23,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sae", default="runs/demo/export")
     ap.add_argument("--config", default="configs/demo.py")
-    ap.add_argument("--probe_train", type=int, default=200)
-    ap.add_argument("--probe_test", type=int, default=100)
+    ap.add_argument("--probe_train", type=int, default=100)
+    ap.add_argument("--probe_test", type=int, default=50)
     ap.add_argument("--probe_context", type=int, default=64)
-    ap.add_argument("--interp_latents", type=int, default=100)
-    ap.add_argument("--interp_tokens", type=int, default=100_000)
+    ap.add_argument("--interp_latents", type=int, default=50)
+    ap.add_argument("--interp_tokens", type=int, default=50_000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 

@@ -53,6 +53,12 @@ def check_evals(names) -> tuple[str, ...]:
     return names
 
 
+def _sae_cfg(export_dir: str) -> dict:
+    """The export's cfg.json (saelens.load has already validated it)."""
+    with open(os.path.join(export_dir, saelens.CFG)) as f:
+        return json.load(f)
+
+
 class _LazyLM:
     """Loads the model and tokenizer on first use, once for every evaluation of a call."""
 
@@ -92,9 +98,8 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
             out["sparse_probing"] = _sparse_probing(export_dir, data, out_dir, probing or SparseProbingConfig(),
                                                     progress, lm)
         if "meta_structure" in evals:  # weights only: no model needed
-            with open(os.path.join(export_dir, saelens.CFG)) as f:
-                sae_cfg = json.load(f)
-            result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=sae_cfg, progress=progress)
+            result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=_sae_cfg(export_dir),
+                                        progress=progress)
             results.write(out_dir, result)
             out["meta_structure"] = result["eval_result_metrics"]
         if "autointerp" in evals:
@@ -107,8 +112,7 @@ def _autointerp(export_dir, data, out_dir, cfg: AutointerpConfig, judge, seed: i
     model_lm, tok = lm()
     if judge is None:  # the evaluated model judges itself: a smoke test, see jaxsae.evals.judges
         judge = judges.PenzaiLMJudge(model_lm, tok)
-    with open(os.path.join(export_dir, saelens.CFG)) as f:
-        sae_cfg = json.load(f)
+    sae_cfg = _sae_cfg(export_dir)
     ds = harvest_lib.token_windows(data.text, tok, cfg.context, seed)
     result = autointerp.run(model_lm, saelens.load(export_dir), site_of(export_dir, data), tok, ds, judge, cfg,
                             sae_cfg=sae_cfg, progress=progress)
@@ -139,8 +143,7 @@ def _sparse_probing(export_dir, data, out_dir, cfg: SparseProbingConfig, progres
         if old and old["eval_config"].get("identity") == ident:
             log.info("%s already holds this sparse probing evaluation: nothing to do", path)
             return old["eval_result_metrics"]
-    with open(os.path.join(export_dir, saelens.CFG)) as f:
-        sae_cfg = json.load(f)
+    sae_cfg = _sae_cfg(export_dir)
     model_lm, tok = lm()
     result = sparse_probing.run(model_lm, saelens.load(export_dir), site, tok, cfg, sae_cfg=sae_cfg,
                                 model_name=os.path.basename(model), llm_dtype=data.lm.dtype, progress=progress)
@@ -190,8 +193,7 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(alive, size=min(n_latents, len(alive)), replace=False).tolist()) if len(alive) else []
     contexts = report.context_rows(result, sample, tok, batch=data.lm.batch_windows)
-    with open(os.path.join(export_dir, saelens.CFG)) as f:
-        sae_cfg = json.load(f)
+    sae_cfg = _sae_cfg(export_dir)
     bw = data.lm.batch_windows
     eval_config = {  # SAEBench's CoreEvalConfig fields, then jaxsae's own
         "model_name": os.path.basename(harvest_lib.model_path(data.lm)), "llm_dtype": data.lm.dtype,
