@@ -4,6 +4,7 @@ the new one, never half of one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -31,9 +32,8 @@ def _fsync_dir(folder: str) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -94,39 +94,40 @@ def _windows_around(centres, n_ctx: int, buffer: int) -> list[tuple[int, int, in
     return out
 
 
-def examples_for(dense_nt: np.ndarray, cfg: AutointerpConfig, rng: np.random.Generator, valid_nt: np.ndarray):
-    """{"top", "iw", "random"}: lists of (window, lo, hi) for one latent's dense activations [n, ctx]."""
+def examples_for(dense_nt: np.ndarray, entries, cfg: AutointerpConfig, rng: np.random.Generator,
+                 positions_p2: np.ndarray):
+    """{"top", "iw", "random"}: lists of (window, lo, hi) for one latent, from its firings `entries`
+    (window, position, value arrays), its dense activations [n, ctx] and every text position."""
+    w_e, t_e, v_e = entries
+    n_ctx = dense_nt.shape[1]
     n_top = cfg.n_top_explain + cfg.n_top_score
-    order = np.argsort(-dense_nt, axis=None, kind="stable")
     taken: dict[int, list[tuple[int, int]]] = {}
 
     def free(w, lo, hi):
         return all(hi <= a or lo >= b for a, b in taken.get(w, []))
 
-    top = []
-    for flat in order:
-        w, t = divmod(int(flat), dense_nt.shape[1])
-        if dense_nt[w, t] <= 0 or len(top) == n_top:
-            break
-        (win,) = _windows_around([(w, t)], dense_nt.shape[1], cfg.buffer)
+    def take(w, t, into):
+        (win,) = _windows_around([(w, t)], n_ctx, cfg.buffer)
         if free(*win):
-            top.append(win)
+            into.append(win)
             taken.setdefault(win[0], []).append(win[1:])
+
+    top = []
+    for j in np.argsort(-v_e, kind="stable"):  # only the latent's firings, largest first
+        if len(top) == n_top:
+            break
+        take(int(w_e[j]), int(t_e[j]), top)
     floor = min(dense_nt[w, lo:hi].max() for w, lo, hi in top) if top else 0.0
-    cand = np.argwhere((dense_nt > 0) & (dense_nt < floor))
+    below = np.nonzero(v_e < floor)[0]
     iw = []
-    if len(cand):
-        p = dense_nt[cand[:, 0], cand[:, 1]].astype(np.float64) ** 2
-        for j in rng.choice(len(cand), size=len(cand), replace=False, p=p / p.sum()):
+    if len(below):
+        p = v_e[below].astype(np.float64) ** 2
+        for j in rng.choice(below, size=len(below), replace=False, p=p / p.sum()):
             if len(iw) == cfg.n_iw_explain + cfg.n_iw_score:
                 break
-            (win,) = _windows_around([tuple(cand[j])], dense_nt.shape[1], cfg.buffer)
-            if free(*win):
-                iw.append(win)
-                taken.setdefault(win[0], []).append(win[1:])
-    positions = np.argwhere(valid_nt)
-    rand = _windows_around(positions[rng.choice(len(positions), size=cfg.n_random_score, replace=False)],
-                           dense_nt.shape[1], cfg.buffer)
+            take(int(w_e[j]), int(t_e[j]), iw)
+    rand = _windows_around(positions_p2[rng.choice(len(positions_p2), size=cfg.n_random_score, replace=False)],
+                           n_ctx, cfg.buffer)
     return {"top": top, "iw": iw, "random": rand}
 
 
@@ -167,13 +168,17 @@ def run(lm, sae, site: str, tokenizer, windows_ds, judge, cfg: AutointerpConfig 
             pieces[tok_id] = tokenizer.decode([tok_id])
         return pieces[tok_id]
 
+    by_latent = np.argsort(i, kind="stable")  # the firings grouped by latent: one slice per latent
+    bounds = np.searchsorted(i[by_latent], np.arange(sae.d_sae + 1))
+    positions_p2 = np.argwhere(valid_nt)
+    dense = np.zeros(tokens_nt.shape, np.float32)  # one buffer, refilled per latent
     scores, logs, failures = [], [], 0
     for latent in tqdm(chosen, desc="autointerp: latents", disable=not progress):
-        dense = np.zeros(tokens_nt.shape, np.float32)
-        sel = i == latent
-        dense[w[sel], t[sel]] = v[sel]
-        thr = cfg.act_threshold_frac * float(dense.max())
-        ex = examples_for(dense, cfg, rng, valid_nt)
+        sel = by_latent[bounds[latent] : bounds[latent + 1]]
+        entries = (w[sel], t[sel], v[sel])
+        dense[entries[0], entries[1]] = entries[2]
+        thr = cfg.act_threshold_frac * float(entries[2].max())
+        ex = examples_for(dense, entries, cfg, rng, positions_p2)
 
         def render(win, highlight):
             wi, lo, hi = win
@@ -210,6 +215,7 @@ def run(lm, sae, site: str, tokenizer, windows_ds, judge, cfg: AutointerpConfig 
         logs.append({"latent": int(latent), "explanation": explanation, "reply": answer, "parse_failed": failed,
                      "predicted": sorted(predicted), "active": [k + 1 for k, a in enumerate(truth) if a],
                      "score": scores[-1]})
+        dense[entries[0], entries[1]] = 0.0
     metrics = {"autointerp": {"autointerp_score": float(np.mean(scores)) if scores else float("nan"),
                               "autointerp_std_dev": float(np.std(scores)) if scores else float("nan"),
                               "parse_failures": failures, "n_latents_scored": len(scores)}}

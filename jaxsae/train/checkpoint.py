@@ -98,7 +98,6 @@ class Restored:
     state: Any
     data: dict | None
     manifest: dict
-    quarantined: list[str]
 
 
 class Checkpointer:
@@ -108,7 +107,8 @@ class Checkpointer:
         self.quarantine_dir = self.directory.rstrip("/") + ".quarantine"
         self.writer = writer
         os.makedirs(self.directory, exist_ok=True)
-        self.leftovers = self._move_tmp_leftovers() if writer else []
+        if writer:
+            self._move_tmp_leftovers()
         _sync("jaxsae_checkpoint_leftovers")  # no process lists the folders process 0 is moving
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -135,13 +135,11 @@ class Checkpointer:
         log.warning("checkpoint %s: %s; moved to %s", os.path.join(self.directory, name), reason, dest)
         return dest
 
-    def _move_tmp_leftovers(self) -> list[str]:
+    def _move_tmp_leftovers(self) -> None:
         """Temporary folders of saves that never finished (a kill or an error during an async save)."""
-        moved = []
         for name in sorted(os.listdir(self.directory)):
             if TMP_SUFFIX in name and os.path.isdir(os.path.join(self.directory, name)):
-                moved.append(self._quarantine(name, "the save of this step never finished (ignored)"))
-        return moved
+                self._quarantine(name, "the save of this step never finished (ignored)")
 
     # -- save ----------------------------------------------------------------------------------
     def save(self, step: int, state: Any, manifest: dict, data: dict | None = None) -> None:
@@ -186,7 +184,7 @@ class Checkpointer:
             raise _Unusable("its checksums (the integrity/ folder) are missing")
         if integrity is not None:
             expect = {k: (v["shape"], v["dtype"]) for k, v in integrity.items()}
-            names, leaves = fingerprint._paths(abstract_state)
+            names, leaves = fingerprint.leaf_paths(abstract_state)
             now = {k: (list(a.shape), str(a.dtype)) for k, a in zip(names, leaves)}
             if expect != now:
                 changed = sorted(k for k in set(expect) | set(now) if expect.get(k) != now.get(k))
@@ -215,7 +213,7 @@ class Checkpointer:
                 data = self._item(step, "data", ocp.args.JsonRestore())
             except Exception as e:
                 raise _Unusable(f"unreadable data-iterator state ({one_line(e)})") from e
-        return Restored(step, state, data, saved, [])
+        return Restored(step, state, data, saved)
 
     def restore(self, abstract_state: Any, manifest: dict) -> Restored | None:
         """The newest checkpoint that verifies, or None when the directory holds no checkpoint.
@@ -237,7 +235,8 @@ class Checkpointer:
             if not _all_agree(found is not None):
                 bad.append((step, why or "unreadable on another process"))
                 continue
-            found.quarantined = [self._quarantine(str(s), why + f"; falling back to step {step}") for s, why in bad]
+            for s, why in bad:
+                self._quarantine(str(s), why + f"; falling back to step {step}")
             if bad:
                 _sync("jaxsae_checkpoint_quarantine")
                 self.manager.reload()

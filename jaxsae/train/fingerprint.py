@@ -1,10 +1,10 @@
 """Checksums and finiteness of a (sharded) pytree of arrays, computed on device.
 
-`fingerprints(tree)` gives each leaf a 64-bit hash of its bits and positions: every element's bits
+`inspect(tree)` gives each leaf a 64-bit hash of its bits and positions: every element's bits
 are mixed with its flat index (murmur3's 32-bit finaliser) and summed modulo 2**32, twice with
 different mixes. Integer sums are exact in any order, so the hash is the same however the array is
 sharded, on one device or a pod, and it never gathers an array to a host. A flipped bit anywhere
-changes it. `nonfinite(tree)` lists the float leaves holding nan or inf. Both are one jitted pass.
+changes it; it also lists the float leaves holding nan or inf (`nonfinite(tree)`). One jitted pass.
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def _all_leaves(leaves):
     return [_leaf(a) for a in leaves]
 
 
-def _paths(tree) -> tuple[list[str], list]:
+def leaf_paths(tree) -> tuple[list[str], list]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [jax.tree_util.keystr(p) for p, _ in flat], [v for _, v in flat]
 
 
 def inspect(tree) -> tuple[dict[str, dict], list[str]]:
     """({leaf path: {"hash", "shape", "dtype"}}, [paths of leaves holding nan/inf]) in one pass."""
-    names, leaves = _paths(tree)
+    names, leaves = leaf_paths(tree)
     results = jax.device_get(_all_leaves(leaves))
     info, bad = {}, []
     for name, leaf, (h1, h2, finite) in zip(names, leaves, results):
@@ -84,10 +84,6 @@ def inspect(tree) -> tuple[dict[str, dict], list[str]]:
         if not bool(finite):
             bad.append(name)
     return info, bad
-
-
-def fingerprints(tree) -> dict[str, dict]:
-    return inspect(tree)[0]
 
 
 def nonfinite(tree) -> list[str]:

@@ -6,6 +6,7 @@ separate module. Resumes exactly from the newest checkpoint in `workdir/checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -251,10 +252,8 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
     t_last, step_last = time.perf_counter(), start
 
     def finished_saves() -> list[int]:
-        try:
+        with contextlib.suppress(Exception):  # a failed save simply is not among the steps listed
             ckpt.wait()  # a save in flight holds good state: count it once it is on disk
-        except Exception:  # noqa: BLE001 - reported by the caller's message as a missing step
-            pass
         return ckpt.saved_steps()
 
     def diverged(step: int, what: str) -> TrainingError:
@@ -331,23 +330,15 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
         if pending:
             flush(sched.total_steps)
         ckpt.close()
-    except KeyboardInterrupt:
-        bar.close()
-        sys.stderr.write("\n")
-        try:
-            ckpt.close()  # a save in flight finishes (or is left as a temporary folder, ignored on resume)
-        except Exception:  # noqa: BLE001 - the interrupt is what we report
-            pass
-        good = ckpt.saved_steps()  # after close(): every finished save
-        where = f"resume from step {good[-1]}" if good else "start again from step 0 (no checkpoint was saved yet)"
-        raise Interrupted(f"interrupted at step {step}; rerun the same command to {where}") from None
-    except BaseException:
+    except BaseException as e:
         bar.close()  # the progress bar's last line must not follow (and hide) the error message
         sys.stderr.write("\n")
-        try:
-            ckpt.close()  # saves already in flight hold good state: let them finish
-        except Exception:  # noqa: BLE001 - the original error is what we report
-            pass
+        with contextlib.suppress(Exception):  # the original error is what we report
+            ckpt.close()  # saves in flight hold good state: let them finish (or be left as temporaries)
+        if isinstance(e, KeyboardInterrupt):
+            good = ckpt.saved_steps()  # after close(): every finished save
+            where = f"resume from step {good[-1]}" if good else "start again from step 0 (no checkpoint was saved yet)"
+            raise Interrupted(f"interrupted at step {step}; rerun the same command to {where}") from None
         raise
     bar.close()
     run.state = state
