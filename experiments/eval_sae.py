@@ -1,6 +1,6 @@
 """Evaluate an exported dictionary (SAELens format) on a language model: core metrics, plots and
 an HTML report with top-activating contexts, and SAEBench-schema results in OUT/evals/ (core, and
-sparse probing with --evals=core,sparse_probing).
+e.g. --evals=core,sparse_probing,scr,tpp,meta_structure,autointerp).
 
   python -m experiments.eval_sae --config=configs/demo.py --sae=runs/demo/export --out=runs/demo/eval
 
@@ -24,8 +24,8 @@ _WINDOWS = flags.DEFINE_integer("windows", 128, "Context windows for the reconst
 _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows for the spliced-model losses.")
 _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
-_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, meta_structure, "
-                            "autointerp.")
+_EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, scr, tpp, "
+                            "meta_structure, autointerp.")
 _JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
                            "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
                            "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
@@ -38,13 +38,21 @@ _PROBE_DATASETS = flags.DEFINE_list("probe_datasets", None, "Sparse probing data
                                     "sentiment, news_topic, code_language, gender, country).")
 _PROBE_TRAIN = flags.DEFINE_integer("probe_train", 4000, "Sparse probing: training rows per task (SAEBench: 4000).")
 _PROBE_TEST = flags.DEFINE_integer("probe_test", 1000, "Sparse probing: test rows per task (SAEBench: 1000).")
-_PROBE_CONTEXT = flags.DEFINE_integer("probe_context", 128, "Sparse probing: tokens per prompt (SAEBench: 128).")
+_PROBE_CONTEXT = flags.DEFINE_integer("probe_context", 128, "Sparse probing, SCR and TPP: tokens per prompt "
+                                      "(SAEBench: 128; one forward per prompt serves the three).")
+_SCR_DESIGNS = flags.DEFINE_list("scr_designs", None, "SCR crossed designs (default: all of movie_restaurant, "
+                                 "movie_product, restaurant_product, politician_gender).")
+_TPP_DATASETS = flags.DEFINE_list("tpp_datasets", None, "TPP multi-class sets (default: all of country, news).")
+_SCR_TRAIN = flags.DEFINE_integer("scr_train", 1600, "SCR/TPP: at most this many training rows per probe "
+                                  "(SAEBench: 4000; each design uses what its data allow).")
+_SCR_TEST = flags.DEFINE_integer("scr_test", 400, "SCR/TPP: at most this many test rows per probe (SAEBench: 1000).")
 
 
 def main(argv):
     del argv
     from jaxsae.evals import probe_datasets
     from jaxsae.evals.run import check_evals, evaluate
+    from jaxsae.evals.scr_tpp import ScrTppConfig
     from jaxsae.evals.sparse_probing import SparseProbingConfig
 
     evals = check_evals(_EVALS.value)  # unknown names fail before anything loads
@@ -52,6 +60,10 @@ def main(argv):
     probing = SparseProbingConfig(datasets=tuple(_PROBE_DATASETS.value or probe_datasets.DATASETS),
                                   train_size=_PROBE_TRAIN.value, test_size=_PROBE_TEST.value,
                                   context=_PROBE_CONTEXT.value).validate()
+    removal = ScrTppConfig(scr_designs=tuple(_SCR_DESIGNS.value or probe_datasets.CROSSED),
+                           tpp_datasets=tuple(_TPP_DATASETS.value or probe_datasets.MULTICLASS),
+                           train_size=_SCR_TRAIN.value, test_size=_SCR_TEST.value,
+                           context=_PROBE_CONTEXT.value).validate()
     from jaxsae.evals import judges
     from jaxsae.evals.autointerp import AutointerpConfig
 
@@ -61,7 +73,7 @@ def main(argv):
         _JUDGE.value]()
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
-                   judge=judge)
+                   judge=judge, scr_tpp_config=removal)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

@@ -30,17 +30,21 @@ def test_harvest_train_evaluate_binaries(tmp_path):
                "--config.train.steps=60", "--config.train.batch_size=128", "--config.train.checkpoint_every=30")
     assert out.returncode == 0, out.stderr[-3000:]
     out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--evals=core,probing")
-    assert out.returncode == 2 and "unknown evaluation(s) ['probing']; valid: core, sparse_probing, meta" in out.stderr
+    assert out.returncode == 2 and "unknown evaluation(s) ['probing']; valid: core, sparse_probing, scr, tpp" in out.stderr
     out = _run("experiments.eval_sae", *common, f"--sae={work}/export", f"--out={work}/eval", "--windows=16",
                "--downstream_windows=8", "--latents=4",
                "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16",
-               "--evals=core,sparse_probing,autointerp", "--autointerp_latents=4", "--autointerp_tokens=4000")
+               "--scr_designs=movie_product", "--tpp_datasets=country", "--scr_train=32", "--scr_test=16",
+               "--evals=core,sparse_probing,scr,tpp,autointerp", "--autointerp_latents=4", "--autointerp_tokens=4000")
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout)
     probing = json.load(open(os.path.join(work, "eval", "evals", "sparse_probing.json")))
     assert probing["eval_result_metrics"] == printed["sparse_probing"]
     assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["sentiment", "gender"]
     assert os.path.isfile(os.path.join(work, "eval", "evals", "core.json"))
+    for name, category in (("scr", "scr_metrics"), ("tpp", "tpp_metrics")):
+        r = json.load(open(os.path.join(work, "eval", "evals", f"{name}.json")))
+        assert r["eval_result_metrics"] == printed[name] and category in printed[name]
     interp = json.load(open(os.path.join(work, "eval", "evals", "autointerp.json")))
     assert interp["eval_config"]["judge"] == "LexicalJudge" and interp["eval_result_metrics"] == printed["autointerp"]
     assert interp["eval_result_metrics"]["autointerp"]["n_latents_scored"] == 4

@@ -12,6 +12,7 @@ from jaxsae import dictionaries as D
 from jaxsae import models, sites
 from jaxsae.data import tokens as tokens_lib
 from jaxsae.dictionaries.bound import SAE
+from jaxsae.evals import pooled as pooled_lib
 from jaxsae.evals import probe_datasets
 from jaxsae.evals import sparse_probing as sp
 
@@ -58,10 +59,10 @@ def test_pooled_features_are_means_over_text_tokens(tiny):
     lm, tok = tiny
     site = "blocks.1.hook_resid_post"
     prompts = ["The king is dead.", "Long live the queen, my lord", "o", "What light through yonder window breaks"]
-    tokens = sp.tokenize(prompts, tok, 12)
+    tokens = pooled_lib.tokenize(prompts, tok, 12)
     assert (tokens[:, 0] == tok.bos_id).all() and tokens[2, 2:].tolist() == [tok.bos_id] * 10
     sae = _identity_sae(32)
-    llm, lat = sp.pooled(lm, sae, site, tokens, tokens_lib.special_ids(tok), batch=3)
+    llm, lat = pooled_lib.pooled(lm, sae, site, tokens, tokens_lib.special_ids(tok), batch=3)
     _, cache = sites.run_with_cache(lm, tokens, [site])
     x = np.asarray(cache[site])
     mask = tokens_lib.content_mask(tokens, tokens_lib.special_ids(tok))
@@ -77,13 +78,13 @@ def test_result_loads_in_saebench(tiny):
     lm, tok = tiny
     cfg = sp.SparseProbingConfig(datasets=("sentiment", "country"), train_size=40, test_size=20, context=16,
                                  k_values=(1, 5), batch_prompts=8)
-    r = sp.run(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)
+    r = sp.run_suite(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)
     parsed = SparseProbingEvalOutput(**r)
     assert [d.dataset_name for d in parsed.eval_result_details] == ["sentiment", "country"]
     sae_m = r["eval_result_metrics"]["sae"]
     assert sae_m["sae_top_2_test_accuracy"] is None and 0 <= sae_m["sae_top_5_test_accuracy"] <= 1
     assert "full_width_probes" in r["eval_config"]["jaxsae"]["differences_from_saebench"]
-    again = sp.run(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)
+    again = sp.run_suite(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)
     assert again["eval_result_details"] == r["eval_result_details"]  # seeded: the same tasks and probes
 
 
@@ -94,7 +95,7 @@ def test_smollm2_sentiment_probe_beats_chance():
     path = packaged.smollm2_path()
     lm, tok = models.load(path), models.load_tokenizer(path)
     cfg = sp.SparseProbingConfig(datasets=("sentiment",), train_size=1000, test_size=200, context=32, k_values=(1, 5))
-    r = sp.run(lm, _identity_sae(576), "blocks.15.hook_resid_post", tok, cfg, progress=False)
+    r = sp.run_suite(lm, _identity_sae(576), "blocks.15.hook_resid_post", tok, cfg, progress=False)
     m = r["eval_result_metrics"]  # measured: llm 0.815, exact-dictionary sae 0.785 (chance 0.5)
     assert m["llm"]["llm_test_accuracy"] > 0.75, m
     assert m["sae"]["sae_test_accuracy"] > 0.7, m  # an exact dictionary keeps the information

@@ -71,3 +71,68 @@ def check_names(names) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"unknown probing dataset(s) {bad}; valid: {', '.join(DATASETS)}")
     return names
+
+
+# ---- crossed designs (SCR) and multi-class sets (TPP) ----------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossed:
+    """A 2x2 design for spurious-correlation removal: every row carries concept 1 (SAEBench's
+    profession or product category) and concept 2 (its gender or rating). `sources` are
+    (file, {target: (concept1 is values1[0], concept2 is values2[0])}); a `join` design instead
+    matches the prompts of two binary files (one per concept) and keeps the prompts in both."""
+    values1: tuple[str, str]
+    values2: tuple[str, str]
+    sources: tuple[tuple[str, tuple[tuple[str, tuple[bool, bool]], ...]], ...] = ()
+    join: tuple[str, str] | None = None  # (concept-1 file, concept-2 file); target "1" is the first value
+
+
+def _domain(file: str, pos: str, neg: str, first_domain: bool):
+    return file, ((pos, (first_domain, True)), (neg, (first_domain, False)))
+
+
+CROSSED: dict[str, Crossed] = {  # domain x sentiment mirrors SAEBench's Amazon category x rating
+    "movie_restaurant": Crossed(("movie", "restaurant"), ("positive", "negative"),
+                                (_domain("113_movie_sent", "1", "0", True), _domain("111_yelp_data", "4", "0", False))),
+    "movie_product": Crossed(("movie", "product"), ("positive", "negative"),
+                             (_domain("92_glue_sst2", "1", "0", True), _domain("157_amazon_5star", "1", "0", False))),
+    "restaurant_product": Crossed(("restaurant", "product"), ("positive", "negative"),
+                                  (_domain("111_yelp_data", "4", "0", True),
+                                   _domain("157_amazon_5star", "1", "0", False))),
+    # gender x occupation mirrors bias-in-bios (small: 123-183 names per quadrant)
+    "politician_gender": Crossed(("politician", "other"), ("male", "female"),
+                                 join=("7_hist_fig_ispolitician", "5_hist_fig_ismale")),
+}
+
+MULTICLASS: dict[str, str] = {  # TPP: one probe per class (SAEBench: 5 professions, 5 product categories)
+    "country": "17_world_country",  # places in 5 countries, 1000 each
+    "news": "97_news_class",  # news headlines and ledes in 4 sections, 1250 each
+}
+
+
+def crossed_rows(name: str) -> tuple[list[str], list[bool], list[bool]]:
+    """(prompts, concept1 is values1[0], concept2 is values2[0]) of a crossed design, deduplicated."""
+    if name not in CROSSED:
+        raise ValueError(f"unknown crossed design {name!r}; valid: {', '.join(CROSSED)}")
+    design = CROSSED[name]
+    rows: dict[str, tuple[bool, bool]] = {}
+    if design.join:
+        c1, c2 = (dict(zip(*read(f))) for f in design.join)
+        for prompt in sorted(set(c1) & set(c2)):
+            rows.setdefault(prompt, (c1[prompt] == "1", c2[prompt] == "1"))
+    for file, mapping in design.sources:
+        labels = dict(mapping)
+        for prompt, target in zip(*read(file)):
+            if target in labels:
+                rows.setdefault(prompt, labels[target])
+    prompts = list(rows)
+    return prompts, [rows[p][0] for p in prompts], [rows[p][1] for p in prompts]
+
+
+def check_designs(names, table: dict, what: str) -> tuple[str, ...]:
+    names = tuple(names)
+    bad = [n for n in names if n not in table]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; valid: {', '.join(table)}")
+    return names

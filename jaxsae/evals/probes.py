@@ -93,3 +93,69 @@ def one_vs_rest(labels_n, positive, n_per_side: int, rng: np.random.Generator) -
         raise ValueError(f"the other classes have {len(neg)} rows, fewer than the {n_per_side} negatives asked for")
     idx = np.concatenate([rng.permutation(pos)[:n_per_side], neg])
     return idx, np.concatenate([np.ones(n_per_side, np.int32), np.zeros(n_per_side, np.int32)])
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "epochs", "keep_best_test"))
+def _fit_minibatch(x_nd, y_n, x_test, y_test, key, lr, l1, weight_decay, batch: int, epochs: int,
+                   keep_best_test: bool):
+    n, d = x_nd.shape
+    steps = -(-n // batch)
+    opt = optax.adamw(lr, weight_decay=weight_decay)  # torch.optim.AdamW's defaults (b1 .9, b2 .999, eps 1e-8)
+    # torch's nn.Linear starts at U(-1/sqrt(d), 1/sqrt(d)); the seeded draw below is its analogue
+    kw, kb, key = jax.random.split(key, 3)
+    bound = 1.0 / jnp.sqrt(d)
+    params = {"w": jax.random.uniform(kw, (d,), minval=-bound, maxval=bound),
+              "b": jax.random.uniform(kb, (), minval=-bound, maxval=bound)}
+
+    def loss_fn(p, xb, yb, mb):
+        logits = xb @ p["w"] + p["b"]
+        bce = optax.sigmoid_binary_cross_entropy(logits, yb)
+        return jnp.sum(bce * mb) / jnp.sum(mb) + l1 * jnp.sum(jnp.abs(p["w"]))
+
+    grad_fn = jax.grad(loss_fn)
+
+    def accuracy_of(p, x, y):
+        return jnp.mean(((x @ p["w"] + p["b"]) > 0) == (y > 0.5))
+
+    def epoch(carry, k):
+        p, state, best_p, best_acc = carry
+        order = jnp.concatenate([jax.random.permutation(k, n), jnp.zeros((steps * batch - n,), jnp.int32)])
+        valid = (jnp.arange(steps * batch) < n).astype(jnp.float32)
+
+        def step(c, i):
+            p, state = c
+            idx = jax.lax.dynamic_slice(order, (i * batch,), (batch,))
+            mb = jax.lax.dynamic_slice(valid, (i * batch,), (batch,))
+            g = grad_fn(p, x_nd[idx], y_n[idx], mb)
+            updates, state = opt.update(g, state, p)
+            return (optax.apply_updates(p, updates), state), None
+
+        (p, state), _ = jax.lax.scan(step, (p, state), jnp.arange(steps))
+        acc = accuracy_of(p, x_test, y_test)
+        better = acc > best_acc
+        best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
+        return (p, state, best_p, jnp.maximum(acc, best_acc)), None
+
+    init = (params, opt.init(params), params, jnp.float32(-1.0))
+    (p, _, best_p, _), _ = jax.lax.scan(epoch, init, jax.random.split(key, epochs))
+    return best_p if keep_best_test else p
+
+
+def fit_minibatch(x_nd, y_n, *, batch: int = 16, epochs: int = 20, lr: float = 1e-3, l1: float = 1e-3,
+                  weight_decay: float = 0.01, seed: int = 0, select_on=None) -> tuple[jax.Array, jax.Array]:
+    """(w [d], b) of SAEBench's SCR/TPP probe: a linear logit trained by AdamW on mean binary
+    cross-entropy + l1 * ||w||_1, minibatches of `batch` (the batch size sets how much of a spurious
+    correlation the probe learns: keep 16 to compare with SAEBench), `epochs` passes.
+    The probe after the last epoch is returned. `select_on=(x_test, y_test)` instead keeps the epoch
+    with the best accuracy there, as SAEBench does (model selection on its test set)."""
+    x_nd = jnp.asarray(x_nd, jnp.float32)
+    y = np.asarray(y_n)
+    if x_nd.ndim != 2 or len(y) != x_nd.shape[0]:
+        raise ValueError(f"probe data must be [n, d] with n labels, got {tuple(x_nd.shape)} and {len(y)} labels")
+    if len(np.unique(y)) != 2:
+        raise ValueError(f"a binary probe needs both classes in its training set, got labels {np.unique(y)}")
+    xt, yt = (x_nd[:1], y[:1]) if select_on is None else select_on
+    p = _fit_minibatch(x_nd, jnp.asarray(y, jnp.float32), jnp.asarray(xt, jnp.float32),
+                       jnp.asarray(np.asarray(yt), jnp.float32), jax.random.key(seed), jnp.float32(lr),
+                       jnp.float32(l1), jnp.float32(weight_decay), batch, epochs, select_on is not None)
+    return p["w"], p["b"]

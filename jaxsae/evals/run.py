@@ -1,6 +1,6 @@
 """Evaluate an exported dictionary end to end: load the LM (once) and the SAELens-format export, run
-the requested evaluations (core: metrics.json, PNG plots, report.html and evals/core.json;
-sparse_probing: evals/sparse_probing.json) into one output directory, one writer at a time."""
+the requested evaluations (core: metrics.json, PNG plots, report.html and evals/core.json; the
+others: evals/{eval_type_id}.json) into one output directory, one writer at a time."""
 
 from __future__ import annotations
 
@@ -23,10 +23,13 @@ from jaxsae.evals import (
     core_saebench,
     judges,
     meta_structure,
+    pooled,
     results,
+    scr_tpp,
     sparse_probing,
 )
 from jaxsae.evals.autointerp import AutointerpConfig
+from jaxsae.evals.scr_tpp import ScrTppConfig
 from jaxsae.evals.sparse_probing import SparseProbingConfig
 from jaxsae.interop import saelens
 from jaxsae.report import html as report
@@ -42,7 +45,8 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
+EVALS = ("core", "sparse_probing", "scr", "tpp", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
+PROBING = ("sparse_probing", "scr", "tpp")  # read mean-pooled activations of labelled text: one forward serves all
 
 
 def check_evals(names) -> tuple[str, ...]:
@@ -73,10 +77,12 @@ class _LazyLM:
 
 def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
-             interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True) -> dict:
+             interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True,
+             scr_tpp_config: ScrTppConfig | None = None) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
-    loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing ->
-    evals/sparse_probing.json; meta_structure -> evals/meta_structure_decoder_variance.json (its
+    loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing, scr,
+    tpp -> evals/{sparse_probing,scr,tpp}.json (one forward per distinct prompt serves the three:
+    jaxsae.evals.pooled; `probing` and `scr_tpp_config` set them); meta_structure -> evals/meta_structure_decoder_variance.json (its
     training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
     evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
     by `judge` (default: the evaluated model itself, a smoke test).
@@ -94,9 +100,11 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
                 saved = os.path.join(out_dir, PROGRESS)
                 where = f"its progress is saved in {saved}" if os.path.isfile(saved) else "no batch had finished"
                 raise KeyboardInterrupt(f"evaluation interrupted; {where}: rerun the same command to resume") from None
-        if "sparse_probing" in evals:
-            out["sparse_probing"] = _sparse_probing(export_dir, data, out_dir, probing or SparseProbingConfig(),
-                                                    progress, lm)
+        pools: dict[int, pooled.Pooler] = {}  # by context: the probing evals share pooled activations
+        configs = {"sparse_probing": probing or SparseProbingConfig(), "scr": scr_tpp_config or ScrTppConfig(),
+                   "tpp": scr_tpp_config or ScrTppConfig()}
+        for name in (n for n in PROBING if n in evals):
+            out[name] = _probing(name, export_dir, data, out_dir, configs[name], progress, lm, pools)
         if "meta_structure" in evals:  # weights only: no model needed
             result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=_sae_cfg(export_dir),
                                         progress=progress)
@@ -128,25 +136,31 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
                     progress=progress)["core"]
 
 
-def _sparse_probing(export_dir, data, out_dir, cfg: SparseProbingConfig, progress: bool, lm) -> dict:
+def _probing(name: str, export_dir, data, out_dir, cfg, progress: bool, lm, pools: dict) -> dict:
+    """One probing evaluation (sparse_probing, scr or tpp) into OUT/evals/, skipped when the file
+    there already holds it (same export, model, site and config)."""
     site = site_of(export_dir, data)
     model = os.path.abspath(harvest_lib.model_path(data.lm))
     ident = {"format": PROGRESS_FORMAT, "site": site, "model": model, "dtype": data.lm.dtype,
              "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
              "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
-    path = os.path.join(out_dir, "evals", "sparse_probing.json")
+    path = os.path.join(out_dir, "evals", f"{name}.json")
     if os.path.isfile(path):
         try:
             old = results.read(path)
         except results.ResultError:
             old = None
         if old and old["eval_config"].get("identity") == ident:
-            log.info("%s already holds this sparse probing evaluation: nothing to do", path)
+            log.info("%s already holds this %s evaluation: nothing to do", path, name)
             return old["eval_result_metrics"]
-    sae_cfg = _sae_cfg(export_dir)
     model_lm, tok = lm()
-    result = sparse_probing.run(model_lm, saelens.load(export_dir), site, tok, cfg, sae_cfg=sae_cfg,
-                                model_name=os.path.basename(model), llm_dtype=data.lm.dtype, progress=progress)
+    if cfg.context not in pools:
+        pools[cfg.context] = pooled.Pooler(model_lm, saelens.load(export_dir), site, tok, cfg.context,
+                                           cfg.batch_prompts, progress)
+    run_fn = {"sparse_probing": sparse_probing.run_suite, "scr": scr_tpp.scr, "tpp": scr_tpp.tpp}[name]
+    result = run_fn(model_lm, pools[cfg.context].sae, site, tok, cfg, sae_cfg=_sae_cfg(export_dir),
+                    model_name=os.path.basename(model), llm_dtype=data.lm.dtype, progress=progress,
+                    pooler=pools[cfg.context])
     result["eval_config"]["identity"] = ident
     results.write(out_dir, result)
     return result["eval_result_metrics"]

@@ -22,13 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxsae import sites
-from jaxsae.data import tokens as tokens_lib
+from jaxsae.evals import pooled as pooled_lib
 from jaxsae.evals import probe_datasets, probes, results
 
 log = logging.getLogger("jaxsae")
@@ -110,41 +106,6 @@ def build_tasks(name: str, cfg: SparseProbingConfig) -> tuple[list[str], list[Ta
     return prompts, tasks
 
 
-def tokenize(prompts: list[str], tokenizer, context: int) -> np.ndarray:
-    """[n, context] ids: BOS, the prompt's first context-1 tokens, then BOS as padding (never text)."""
-    pad = tokenizer.bos_id
-    out = np.full((len(prompts), context), pad, np.int32)
-    for i, p in enumerate(prompts):
-        ids = [tokenizer.bos_id, *tokenizer.encode(p)][:context]
-        out[i, : len(ids)] = ids
-    return out
-
-
-@jax.jit
-def _pool(acts_btd, mask_bt, sae):
-    m = mask_bt[..., None].astype(jnp.float32)
-    count = jnp.maximum(m.sum(1), 1.0)
-    f_btf = sae.encode(acts_btd.astype(jnp.float32))
-    return (acts_btd * m).sum(1) / count, (f_btf * m).sum(1) / count
-
-
-def pooled(lm, sae, site: str, tokens_nt: np.ndarray, specials, batch: int, progress: bool = False):
-    """(mean-pooled activations [n, d], mean-pooled latents [n, d_sae]) over each row's text tokens."""
-    capture = sites.capture_fn(lm, [site])
-    llm, lat = [], []
-    n = len(tokens_nt)
-    for s in tqdm(range(0, n, batch), desc="probing: activations", disable=not progress, leave=False):
-        tok = tokens_nt[s : s + batch]
-        real = len(tok)
-        if real < batch:  # a full batch keeps one compiled shape
-            tok = np.concatenate([tok, np.repeat(tok[-1:], batch - real, 0)])
-        mask = tokens_lib.content_mask(tok, specials)
-        a, f = _pool(capture(jnp.asarray(tok))[site], jnp.asarray(mask), sae)
-        llm.append(np.asarray(a)[:real])
-        lat.append(np.asarray(f)[:real])
-    return np.concatenate(llm), np.concatenate(lat)
-
-
 def _probe_accuracies(train_x, y_train, test_x, y_test, k_values, C) -> dict:
     out = {}
     for k in (None, *k_values):
@@ -161,19 +122,58 @@ def _keys(prefix: str, acc: dict, k_values) -> dict:
     return row
 
 
-def run(lm, sae, site: str, tokenizer, cfg: SparseProbingConfig = SparseProbingConfig(), sae_cfg: dict | None = None,
-        model_name: str = "", llm_dtype: str = "float32", progress: bool = True) -> dict:
-    """The sparse-probing result (SAEBench schema) of dictionary `sae` at `site` of `lm`."""
+def run(lm, sae, site: str, texts, labels, *, tokenizer, k_values=(1, 2, 5), seed: int = 0, test_fraction: float = 0.2,
+        context: int = 128, C: float = 1.0, batch_prompts: int = 16, pooler: pooled_lib.Pooler | None = None) -> dict:
+    """Sparse probing on any labelled text: SAEBench's metric keys (llm_test_accuracy,
+    llm_top_{k}_test_accuracy, sae_test_accuracy, sae_top_{k}_test_accuracy) for probes of `labels`
+    (two or more classes; more than two gives one balanced one-vs-rest task per class, averaged)
+    from the model's and the dictionary's mean-pooled representations of `texts`. A seeded,
+    stratified `test_fraction` of the rows is held out; nothing is chosen on it."""
+    texts, labels = list(texts), np.asarray(labels)
+    if len(texts) != len(labels) or not texts:
+        raise ValueError(f"sparse probing: {len(texts)} texts and {len(labels)} labels; give one label per text")
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(f"sparse probing: the labels hold one class ({classes.tolist()}); a probe needs two or more")
+    rng = np.random.default_rng(seed)
+    test = np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[: max(1, int(round(test_fraction * np.sum(labels == c))))]
+                           for c in classes])
+    train = np.setdiff1d(np.arange(len(texts)), test)
+    pool = pooler or pooled_lib.Pooler(lm, sae, site, tokenizer, context, batch_prompts)
+    llm_x, sae_x = pool(texts)
+    k_values = tuple(k for k in k_values if k <= sae.d_sae)
+    tasks = [classes[1:]] if len(classes) == 2 else classes  # binary: the second class is positive
+    rows = []
+    for positive in tasks:
+        y = (labels == positive).astype(np.int32)
+        if len(classes) > 2:  # balanced one-vs-rest, negatives spread over the other classes
+            tr, y_tr = probes.one_vs_rest(labels[train], positive, int(np.sum(y[train])), rng)
+            te, y_te = probes.one_vs_rest(labels[test], positive, int(np.sum(y[test])), rng)
+            tr, te = train[tr], test[te]
+        else:
+            tr, y_tr, te, y_te = train, y[train], test, y[test]
+        llm_acc = _probe_accuracies(llm_x[tr], y_tr, llm_x[te], y_te, k_values, C)
+        sae_acc = _probe_accuracies(sae_x[tr], y_tr, sae_x[te], y_te, k_values, C)
+        rows.append({**_keys("llm", llm_acc, k_values), **_keys("sae", sae_acc, k_values)})
+    return {key: (None if rows[0][key] is None else float(np.mean([r[key] for r in rows]))) for key in rows[0]}
+
+
+def run_suite(lm, sae, site: str, tokenizer, cfg: SparseProbingConfig = SparseProbingConfig(),
+              sae_cfg: dict | None = None, model_name: str = "", llm_dtype: str = "float32", progress: bool = True,
+              pooler: pooled_lib.Pooler | None = None) -> dict:
+    """The sparse-probing result (SAEBench schema) of dictionary `sae` at `site` of `lm` on the
+    offline datasets of `cfg`. `pooler`: a shared activation cache (jaxsae.evals.pooled)."""
     cfg = cfg.validate()
     k_values = tuple(k for k in cfg.k_values if k <= sae.d_sae)
-    specials = tokens_lib.special_ids(tokenizer)
+    pool = pooler or pooled_lib.Pooler(lm, sae, site, tokenizer, cfg.context, cfg.batch_prompts, progress)
+    if pool.context != cfg.context:
+        raise ValueError(f"sparse probing: the shared activations use context {pool.context}, the config {cfg.context}")
     details = []
     for name in cfg.datasets:
         prompts, tasks = build_tasks(name, cfg)
         needed = np.unique(np.concatenate([np.concatenate([t.train_rows, t.test_rows]) for t in tasks]))
         where = {int(r): i for i, r in enumerate(needed)}  # one forward per prompt, shared by the tasks
-        llm_x, sae_x = pooled(lm, sae, site, tokenize([prompts[i] for i in needed], tokenizer, cfg.context), specials,
-                              cfg.batch_prompts, progress)
+        llm_x, sae_x = pool([prompts[i] for i in needed])
         per_task = []
         for t in tasks:
             tr = np.array([where[int(r)] for r in t.train_rows])
