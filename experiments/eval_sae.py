@@ -25,7 +25,7 @@ _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows 
 _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
 _EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, scr, tpp, "
-                            "meta_structure, autointerp.")
+                            "absorption, meta_structure, autointerp.")
 _JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
                            "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
                            "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
@@ -45,12 +45,17 @@ _SCR_DESIGNS = flags.DEFINE_list("scr_designs", None, "SCR crossed designs (defa
 _TPP_DATASETS = flags.DEFINE_list("tpp_datasets", None, "TPP multi-class sets (default: all of country, news).")
 _SCR_TRAIN = flags.DEFINE_integer("scr_train", 1600, "SCR/TPP: at most this many training rows per probe "
                                   "(SAEBench: 4000; each design uses what its data allow).")
+_ABS_WORDS = flags.DEFINE_integer("absorption_words", None, "Absorption: words (alphabetic tokens) used, 80% for "
+                                  "training the probes (default: the whole vocabulary, as SAEBench).")
+_ABS_POS = flags.DEFINE_integer("absorption_position", -6, "Absorption: the word's token position from the prompt's "
+                                "end (-6 for SAEBench's template on SmolLM2, Gemma and GPT-2 tokenizers).")
 _SCR_TEST = flags.DEFINE_integer("scr_test", 400, "SCR/TPP: at most this many test rows per probe (SAEBench: 1000).")
 
 
 def main(argv):
     del argv
     from jaxsae.evals import probe_datasets
+    from jaxsae.evals.absorption import AbsorptionConfig
     from jaxsae.evals.run import check_evals, evaluate
     from jaxsae.evals.scr_tpp import ScrTppConfig
     from jaxsae.evals.sparse_probing import SparseProbingConfig
@@ -64,6 +69,7 @@ def main(argv):
                            tpp_datasets=tuple(_TPP_DATASETS.value or probe_datasets.MULTICLASS),
                            train_size=_SCR_TRAIN.value, test_size=_SCR_TEST.value,
                            context=_PROBE_CONTEXT.value).validate()
+    absorb = AbsorptionConfig(max_words=_ABS_WORDS.value, prompt_token_pos=_ABS_POS.value).validate()
     from jaxsae.evals import judges
     from jaxsae.evals.autointerp import AutointerpConfig
 
@@ -73,7 +79,7 @@ def main(argv):
         _JUDGE.value]()
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
-                   judge=judge, scr_tpp_config=removal)
+                   judge=judge, scr_tpp_config=removal, absorption_config=absorb)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

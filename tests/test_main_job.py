@@ -18,6 +18,12 @@ def _run(module, *args, timeout=400):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _word_position(lm_dir: str) -> int:
+    from jaxsae import models
+
+    return -(len(models.load_tokenizer(lm_dir).encode(" has the first letter:")) + 1)
+
+
 def test_harvest_train_evaluate_binaries(tmp_path):
     lm = make_tiny_lm(str(tmp_path / "lm"))
     store, work = str(tmp_path / "store"), str(tmp_path / "run")
@@ -35,16 +41,19 @@ def test_harvest_train_evaluate_binaries(tmp_path):
                "--downstream_windows=8", "--latents=4",
                "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16",
                "--scr_designs=movie_product", "--tpp_datasets=country", "--scr_train=32", "--scr_test=16",
-               "--evals=core,sparse_probing,scr,tpp,autointerp", "--autointerp_latents=4", "--autointerp_tokens=4000")
+               "--absorption_words=80", f"--absorption_position={_word_position(lm)}",
+               "--evals=core,sparse_probing,scr,tpp,absorption,autointerp", "--autointerp_latents=4",
+               "--autointerp_tokens=4000")
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout)
     probing = json.load(open(os.path.join(work, "eval", "evals", "sparse_probing.json")))
     assert probing["eval_result_metrics"] == printed["sparse_probing"]
     assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["sentiment", "gender"]
     assert os.path.isfile(os.path.join(work, "eval", "evals", "core.json"))
-    for name, category in (("scr", "scr_metrics"), ("tpp", "tpp_metrics")):
+    for name, category in (("scr", "scr_metrics"), ("tpp", "tpp_metrics"), ("absorption_first_letter", "mean")):
         r = json.load(open(os.path.join(work, "eval", "evals", f"{name}.json")))
-        assert r["eval_result_metrics"] == printed[name] and category in printed[name]
+        printed_as = "absorption" if name.startswith("absorption") else name
+        assert r["eval_result_metrics"] == printed[printed_as] and category in printed[printed_as]
     interp = json.load(open(os.path.join(work, "eval", "evals", "autointerp.json")))
     assert interp["eval_config"]["judge"] == "LexicalJudge" and interp["eval_result_metrics"] == printed["autointerp"]
     assert interp["eval_result_metrics"]["autointerp"]["n_latents_scored"] == 4

@@ -53,3 +53,15 @@ def test_one_vs_rest_is_balanced_and_draws_negatives_from_every_class():
         probes.one_vs_rest(labels, "a", 60, np.random.default_rng(0))
     with pytest.raises(ValueError, match="needs both classes"):
         probes.fit_logistic(np.zeros((4, 2)), np.ones(4))
+
+
+def test_balanced_class_weight_matches_sklearn():
+    rng = np.random.default_rng(5)
+    n, d = 600, 6
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ rng.normal(size=d) + rng.normal(size=n) > 2.0).astype(int)  # imbalanced
+    assert 0.1 < y.mean() < 0.35
+    tight = LogisticRegression(max_iter=100_000, tol=1e-12, class_weight="balanced").fit(x.astype(np.float64), y)
+    w, b = probes.fit_logistic(x, y, class_weight="balanced")
+    np.testing.assert_allclose(np.asarray(w), tight.coef_[0], atol=2e-4)
+    assert float(b) == pytest.approx(tight.intercept_[0], abs=2e-4)

@@ -21,7 +21,7 @@ import optax
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _fit(x_nd, s_n, c, max_iter: int, tol):
+def _fit(x_nd, s_n, c, max_iter: int, tol, weight_n):
     d = x_nd.shape[1]
     mean, scale = x_nd.mean(0), jnp.maximum(x_nd.std(0), 1e-6)  # the same optimum, a better-posed problem
 
@@ -29,7 +29,7 @@ def _fit(x_nd, s_n, c, max_iter: int, tol):
         v, a = theta[:d], theta[d]
         w = v / scale
         margin = s_n * (((x_nd - mean) / scale) @ v + a)
-        return c * jnp.sum(jax.nn.softplus(-margin)) + 0.5 * jnp.sum(w * w)
+        return c * jnp.sum(weight_n * jax.nn.softplus(-margin)) + 0.5 * jnp.sum(w * w)
 
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
@@ -50,16 +50,24 @@ def _fit(x_nd, s_n, c, max_iter: int, tol):
     return w, theta[d] - mean @ w
 
 
-def fit_logistic(x_nd, y_n, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4) -> tuple[jax.Array, jax.Array]:
-    """(w [d], b) of an L2-regularised logistic regression of binary labels y (0/1 or bool)."""
+def fit_logistic(x_nd, y_n, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
+                 class_weight: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """(w [d], b) of an L2-regularised logistic regression of binary labels y (0/1 or bool).
+    class_weight="balanced" weighs each row by n / (2 * rows of its class), as sklearn does."""
     x_nd = jnp.asarray(x_nd, jnp.float32)
     y = np.asarray(y_n)
     if x_nd.ndim != 2 or len(y) != x_nd.shape[0]:
         raise ValueError(f"probe data must be [n, d] with n labels, got {tuple(x_nd.shape)} and {len(y)} labels")
     if len(np.unique(y)) != 2:
         raise ValueError(f"a binary probe needs both classes in its training set, got labels {np.unique(y)}")
-    s = jnp.asarray(np.where(y.astype(bool), 1.0, -1.0), jnp.float32)
-    return _fit(x_nd, s, jnp.float32(C), max_iter, jnp.float32(tol))
+    yb = y.astype(bool)
+    s = jnp.asarray(np.where(yb, 1.0, -1.0), jnp.float32)
+    if class_weight not in (None, "balanced"):
+        raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+    weight = np.ones(len(y), np.float32)
+    if class_weight == "balanced":
+        weight = np.where(yb, len(y) / (2.0 * yb.sum()), len(y) / (2.0 * (~yb).sum())).astype(np.float32)
+    return _fit(x_nd, s, jnp.float32(C), max_iter, jnp.float32(tol), jnp.asarray(weight))
 
 
 def predict(w_d, b, x_nd) -> np.ndarray:

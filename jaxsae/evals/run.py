@@ -5,6 +5,7 @@ others: evals/{eval_type_id}.json) into one output directory, one writer at a ti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from jaxsae.data import harvest as harvest_lib
 from jaxsae.data import store as store_lib
 from jaxsae.data import tokens as tokens_lib
 from jaxsae.evals import (
+    absorption,
     autointerp,
     core,
     core_saebench,
@@ -28,6 +30,7 @@ from jaxsae.evals import (
     scr_tpp,
     sparse_probing,
 )
+from jaxsae.evals.absorption import AbsorptionConfig
 from jaxsae.evals.autointerp import AutointerpConfig
 from jaxsae.evals.scr_tpp import ScrTppConfig
 from jaxsae.evals.sparse_probing import SparseProbingConfig
@@ -45,7 +48,7 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing", "scr", "tpp", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
+EVALS = ("core", "sparse_probing", "scr", "tpp", "absorption", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
 PROBING = ("sparse_probing", "scr", "tpp")  # read mean-pooled activations of labelled text: one forward serves all
 
 
@@ -78,11 +81,12 @@ class _LazyLM:
 def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
              interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True,
-             scr_tpp_config: ScrTppConfig | None = None) -> dict:
+             scr_tpp_config: ScrTppConfig | None = None, absorption_config: AbsorptionConfig | None = None) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing, scr,
     tpp -> evals/{sparse_probing,scr,tpp}.json (one forward per distinct prompt serves the three:
-    jaxsae.evals.pooled; `probing` and `scr_tpp_config` set them); meta_structure -> evals/meta_structure_decoder_variance.json (its
+    jaxsae.evals.pooled; `probing` and `scr_tpp_config` set them); absorption ->
+    evals/absorption_first_letter.json (activations cached in OUT/absorption_cache/: resumes); meta_structure -> evals/meta_structure_decoder_variance.json (its
     training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
     evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
     by `judge` (default: the evaluated model itself, a smoke test).
@@ -105,6 +109,9 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
                    "tpp": scr_tpp_config or ScrTppConfig()}
         for name in (n for n in PROBING if n in evals):
             out[name] = _probing(name, export_dir, data, out_dir, configs[name], progress, lm, pools)
+        if "absorption" in evals:
+            out["absorption"] = _absorption(export_dir, data, out_dir, absorption_config or AbsorptionConfig(),
+                                            progress, lm)
         if "meta_structure" in evals:  # weights only: no model needed
             result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=_sae_cfg(export_dir),
                                         progress=progress)
@@ -136,23 +143,54 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
                     progress=progress)["core"]
 
 
+def _eval_identity(export_dir, data, cfg) -> dict:
+    model = os.path.abspath(harvest_lib.model_path(data.lm))
+    return {"format": PROGRESS_FORMAT, "site": site_of(export_dir, data), "model": model, "dtype": data.lm.dtype,
+            "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
+            "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
+
+
+def _already(out_dir: str, eval_type_id: str, ident: dict) -> dict | None:
+    """The metrics of OUT/evals/{eval_type_id}.json when it holds this very evaluation, else None."""
+    path = os.path.join(out_dir, "evals", f"{eval_type_id}.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        old = results.read(path)
+    except results.ResultError:
+        return None
+    if old["eval_config"].get("identity") != ident:
+        return None
+    log.info("%s already holds this evaluation: nothing to do", path)
+    return old["eval_result_metrics"]
+
+
+def _absorption(export_dir, data, out_dir, cfg: AbsorptionConfig, progress: bool, lm) -> dict:
+    ident = _eval_identity(export_dir, data, cfg)
+    done = _already(out_dir, "absorption_first_letter", ident)
+    if done is not None:
+        return done
+    model_lm, tok = lm()
+    st = os.stat(ident["model"])
+    model_key = hashlib.sha256(json.dumps([ident["model"], st.st_size, st.st_mtime_ns, ident["dtype"]]).encode())
+    model_key = model_key.hexdigest()[:16]
+    cache = os.path.join(out_dir, "absorption_cache", model_key)  # activations: a killed run resumes from them
+    result = absorption.run(model_lm, saelens.load(export_dir), ident["site"], tok, cfg, sae_cfg=_sae_cfg(export_dir),
+                            model_name=os.path.basename(ident["model"]), llm_dtype=data.lm.dtype, cache_dir=cache,
+                            progress=progress)
+    result["eval_config"]["identity"] = ident
+    results.write(out_dir, result)
+    return result["eval_result_metrics"]
+
+
 def _probing(name: str, export_dir, data, out_dir, cfg, progress: bool, lm, pools: dict) -> dict:
     """One probing evaluation (sparse_probing, scr or tpp) into OUT/evals/, skipped when the file
     there already holds it (same export, model, site and config)."""
-    site = site_of(export_dir, data)
-    model = os.path.abspath(harvest_lib.model_path(data.lm))
-    ident = {"format": PROGRESS_FORMAT, "site": site, "model": model, "dtype": data.lm.dtype,
-             "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
-             "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
-    path = os.path.join(out_dir, "evals", f"{name}.json")
-    if os.path.isfile(path):
-        try:
-            old = results.read(path)
-        except results.ResultError:
-            old = None
-        if old and old["eval_config"].get("identity") == ident:
-            log.info("%s already holds this %s evaluation: nothing to do", path, name)
-            return old["eval_result_metrics"]
+    ident = _eval_identity(export_dir, data, cfg)
+    done = _already(out_dir, name, ident)
+    if done is not None:
+        return done
+    site, model = ident["site"], ident["model"]
     model_lm, tok = lm()
     if cfg.context not in pools:
         pools[cfg.context] = pooled.Pooler(model_lm, saelens.load(export_dir), site, tok, cfg.context,
