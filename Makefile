@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-toy test test-fast venv bench clean
+.PHONY: demo demo-toy test test-fast venv bench clean browser
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -25,14 +25,18 @@ demo: venv  # the main job: SmolLM2 + Shakespeare -> store -> TopK dictionary ->
 	$(BIN)/python -m experiments.harvest --config=configs/demo.py --config.data.path=runs/demo/store
 	$(BIN)/python -m experiments.train_sae --config=configs/demo.py --config.data.path=runs/demo/store --workdir=runs/demo
 	$(BIN)/python -m experiments.eval_sae --config=configs/demo.py --sae=runs/demo/export --out=runs/demo \
-	    --evals=core,sparse_probing --probe_train=100 --probe_test=50 --probe_context=64
+	    --evals=core,sparse_probing,dashboard --probe_train=100 --probe_test=50 --probe_context=64
 
 demo-toy: venv  # toy ground-truth run (known features; summary.json reports their recovery)
 	$(BIN)/python -m experiments.train_sae --config=configs/toy.py --workdir=runs/toy
 
+# Debian's Chromium for the dashboard test (tests/test_dashboard.py renders a page headless).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 # The whole test suite, slow tests included (8 fake CPU devices: tests/conftest.py).
-test: venv
-	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
+test: venv browser
+	JAXSAE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
 
 # Everything but the tests marked slow.
 test-fast: venv

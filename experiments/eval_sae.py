@@ -22,10 +22,11 @@ _SAE = flags.DEFINE_string("sae", None, "SAELens-format export directory (cfg.js
 _OUT = flags.DEFINE_string("out", None, "Output directory for metrics.json, plots and report.html.", required=True)
 _WINDOWS = flags.DEFINE_integer("windows", 128, "Context windows for the reconstruction metrics.")
 _DOWNSTREAM = flags.DEFINE_integer("downstream_windows", 32, "Of those, windows for the spliced-model losses.")
-_LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts.")
+_LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-activating contexts (report and "
+                                "dashboard).")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
 _EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, scr, tpp, "
-                            "absorption, meta_structure, autointerp.")
+                            "absorption, meta_structure, autointerp, dashboard.")
 _JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
                            "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
                            "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
@@ -47,6 +48,8 @@ _SCR_TRAIN = flags.DEFINE_integer("scr_train", 1600, "SCR/TPP: at most this many
                                   "(SAEBench: 4000; each design uses what its data allow).")
 _ABS_WORDS = flags.DEFINE_integer("absorption_words", None, "Absorption: words (alphabetic tokens) used, 80% for "
                                   "training the probes (default: the whole vocabulary, as SAEBench).")
+_DASH = flags.DEFINE_list("dashboard_latents", None, "Dashboard: latents that also get a page of their own, "
+                          "OUT/dashboard/latent_{i}.html (the run's page shows --latents sampled live latents).")
 _ABS_POS = flags.DEFINE_integer("absorption_position", -6, "Absorption: the word's token position from the prompt's "
                                 "end (-6 for SAEBench's template on SmolLM2, Gemma and GPT-2 tokenizers).")
 _SCR_TEST = flags.DEFINE_integer("scr_test", 400, "SCR/TPP: at most this many test rows per probe (SAEBench: 1000).")
@@ -79,7 +82,8 @@ def main(argv):
         _JUDGE.value]()
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
-                   judge=judge, scr_tpp_config=removal, absorption_config=absorb)
+                   judge=judge, scr_tpp_config=removal, absorption_config=absorb,
+                   dashboard_latents=[int(i) for i in _DASH.value or ()])
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

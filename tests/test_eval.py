@@ -142,3 +142,16 @@ def test_harvest_train_evaluate_writes_the_report(lm_dir, tmp_path):
     dens = [d["feature_density"] for d in core_json["eval_result_details"]]
     assert np.mean(np.array(dens) == 0) == pytest.approx(saved["dead_fraction"])
     assert "src='http" not in page and "<span title=" in page
+    # the dashboard alone (no core pass to share): its own forward over the same windows; a rerun
+    # with nothing changed rewrites nothing
+    from jaxsae.evals.run import evaluate
+    from jaxsae.report import dashboard
+
+    got = evaluate(str(tmp_path / "run" / "export"), cfg.data, out, ("dashboard",), windows=16, n_latents=4,
+                   progress=False)["dashboard"]
+    path = os.path.join(out, "dashboard.html")
+    assert len(got["latents"]) == 4 and dashboard.latents_of(path) == got["latents"]
+    before = os.stat(path).st_mtime_ns
+    again = evaluate(str(tmp_path / "run" / "export"), cfg.data, out, ("dashboard",), windows=16, n_latents=4,
+                     progress=False)["dashboard"]
+    assert again == got and os.stat(path).st_mtime_ns == before

@@ -42,8 +42,8 @@ def test_harvest_train_evaluate_binaries(tmp_path):
                "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16",
                "--scr_designs=movie_product", "--tpp_datasets=country", "--scr_train=32", "--scr_test=16",
                "--absorption_words=80", f"--absorption_position={_word_position(lm)}",
-               "--evals=core,sparse_probing,scr,tpp,absorption,autointerp", "--autointerp_latents=4",
-               "--autointerp_tokens=4000")
+               "--evals=core,sparse_probing,scr,tpp,absorption,autointerp,dashboard", "--autointerp_latents=4",
+               "--autointerp_tokens=4000", "--dashboard_latents=3")
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout)
     probing = json.load(open(os.path.join(work, "eval", "evals", "sparse_probing.json")))
@@ -57,6 +57,10 @@ def test_harvest_train_evaluate_binaries(tmp_path):
     interp = json.load(open(os.path.join(work, "eval", "evals", "autointerp.json")))
     assert interp["eval_config"]["judge"] == "LexicalJudge" and interp["eval_result_metrics"] == printed["autointerp"]
     assert interp["eval_result_metrics"]["autointerp"]["n_latents_scored"] == 4
+    page = open(os.path.join(work, "eval", "dashboard.html")).read()
+    assert printed["dashboard"]["latents"] and all(f"'latent': {i}" not in page for i in [-1])
+    assert '"explanation": "' in page  # autointerp ran first: its explanations are on the page
+    assert os.path.isfile(os.path.join(work, "eval", "dashboard", "latent_3.html"))
     m = json.load(open(os.path.join(work, "eval", "metrics.json")))
     assert m["site"] == "blocks.2.hook_resid_post" and {"ce_loss_recovered", "kl_div", "l0", "fvu",
                                                         "dead_fraction"} <= set(m)

@@ -194,13 +194,16 @@ def discard_progress(path: str) -> None:
 
 
 def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int, specials, downstream_windows: int,
-             progress: bool = True, progress_path: str | None = None, identity: dict | None = None) -> dict:
+             progress: bool = True, progress_path: str | None = None, identity: dict | None = None,
+             keep_activations: bool = False) -> dict:
     """All core metrics of `sae` at `site`, over `n_windows` windows (reconstruction) and the first
     `downstream_windows` of them (spliced-model losses). Returns {"metrics", "density", "l0_tokens",
     "top", "tokens", "site"} plus the capture/encode functions the report re-runs contexts with.
     With `progress_path`, the running sums are saved there as it goes and a rerun with the same
     `identity` resumes from them (the caller removes it with `discard_progress` once its results are
-    written). The file is a pickle: like any checkpoint, load only progress files you wrote."""
+    written). The file is a pickle: like any checkpoint, load only progress files you wrote.
+    `keep_activations`: also return the site's activations of every text token ("activations",
+    "rows": (window, position)) so the dashboards reuse this forward; None after a resume."""
     if sites.parse(site)[1] == "attn.hook_z":
         raise ValueError("core evaluation of attn.hook_z dictionaries is not supported yet")
     capture = sites.capture_fn(lm, [site])
@@ -216,6 +219,7 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     st = prog.state
     stream, row_of, sums = st["stream"], st["row_of"], st["sums"]  # row_of: row id -> (window, position)
     first = st["next"] if st["phase"] == "reconstruction" else n_windows
+    kept = [] if keep_activations and first == 0 else None
     bar = tqdm(total=n_windows, initial=first, desc="eval: reconstruction", unit="win", disable=not progress,
                dynamic_ncols=True)
     for start in range(first, n_windows, batch_windows):
@@ -225,6 +229,8 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
         x = tokens_lib.text_rows(capture(jnp.asarray(tok))[site], keep).astype(np.float32)
         f = encode(sae, jnp.asarray(x))
         stream.add(x, decode(sae, f), np.asarray(f), len(row_of), window_n=w)
+        if kept is not None:
+            kept.append(x)
         row_of.extend(zip((w + start).tolist(), t.tolist()))
         st["next"] = start + batch_windows
         prog.save(force=st["next"] >= n_windows)
@@ -269,4 +275,6 @@ def evaluate(lm, sae, site: str, windows_ds, n_windows: int, batch_windows: int,
     return {"metrics": metrics, "density": stream.fires / max(stream.n, 1), "l0_tokens": np.concatenate(stream.l0_tokens),
             "consistent_activation": stream.consistent_activation(),
             "top": {i: [(v, *row_of[r]) for v, r in items] for i, items in top.items()}, "tokens": all_tokens,
-            "capture": capture, "encode": lambda x: encode(sae, x), "site": site}
+            "capture": capture, "encode": lambda x: encode(sae, x), "site": site,
+            "activations": np.concatenate(kept) if kept else None,
+            "rows": np.asarray(row_of, np.int64).reshape(-1, 2) if kept else None}

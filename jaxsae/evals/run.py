@@ -35,6 +35,7 @@ from jaxsae.evals.autointerp import AutointerpConfig
 from jaxsae.evals.scr_tpp import ScrTppConfig
 from jaxsae.evals.sparse_probing import SparseProbingConfig
 from jaxsae.interop import saelens
+from jaxsae.report import dashboard
 from jaxsae.report import html as report
 
 log = logging.getLogger("jaxsae")
@@ -48,7 +49,7 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing", "scr", "tpp", "absorption", "meta_structure", "autointerp")  # the evaluations `evaluate` runs
+EVALS = ("core", "sparse_probing", "scr", "tpp", "absorption", "meta_structure", "autointerp", "dashboard")  # the evaluations `evaluate` runs
 PROBING = ("sparse_probing", "scr", "tpp")  # read mean-pooled activations of labelled text: one forward serves all
 
 
@@ -81,7 +82,8 @@ class _LazyLM:
 def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), seed: int = 1, windows: int = 64,
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
              interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True,
-             scr_tpp_config: ScrTppConfig | None = None, absorption_config: AbsorptionConfig | None = None) -> dict:
+             scr_tpp_config: ScrTppConfig | None = None, absorption_config: AbsorptionConfig | None = None,
+             dashboard_latents=None) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing, scr,
     tpp -> evals/{sparse_probing,scr,tpp}.json (one forward per distinct prompt serves the three:
@@ -94,12 +96,12 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
     Returns {eval name: its metrics}."""
     evals = check_evals(evals)
     lm = (lambda: model) if model is not None else _LazyLM(data.lm)
-    out = {}
+    out, shared = {}, {}  # shared: the core pass's activations, reused by the dashboard
     with runlock.hold(out_dir, "evaluation"):
         if "core" in evals:
             try:
                 out["core"] = _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents,
-                                        progress, lm)
+                                        progress, lm, shared if "dashboard" in evals else None)
             except KeyboardInterrupt:
                 saved = os.path.join(out_dir, PROGRESS)
                 where = f"its progress is saved in {saved}" if os.path.isfile(saved) else "no batch had finished"
@@ -120,6 +122,9 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
         if "autointerp" in evals:
             out["autointerp"] = _autointerp(export_dir, data, out_dir, interp or AutointerpConfig(), judge, seed,
                                             progress, lm)
+        if "dashboard" in evals:  # last: it shows the autointerp explanations when there are some
+            out["dashboard"] = _dashboard(export_dir, data, out_dir, seed, windows, n_latents, dashboard_latents,
+                                          progress, lm, shared)
     return out
 
 
@@ -217,7 +222,51 @@ def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: 
             "downstream_windows": downstream_windows, "latents": n_latents}
 
 
-def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress, lm) -> dict:
+def _dashboard(export_dir, data, out_dir, seed: int, windows: int, n_latents: int, on_demand, progress: bool, lm,
+               shared: dict) -> dict:
+    sae = saelens.load(export_dir)
+    site = site_of(export_dir, data)
+    ident = {**_identity(export_dir, data, site, seed, windows, 0, n_latents),
+             "on_demand": sorted(int(i) for i in on_demand or ()),
+             "explanations": store_lib.sha256(p) if os.path.isfile(p := os.path.join(out_dir, "evals", "autointerp.json"))
+             else None}
+    path = os.path.join(out_dir, "dashboard.html")
+    if os.path.isfile(path) and dashboard.identity_of(path) == ident:
+        log.info("%s already holds this dashboard: nothing to do", path)
+        return {"path": path, "latents": dashboard.latents_of(path)}
+    model_lm, tok = lm()
+    if shared.get("activations") is not None:
+        tokens, acts, rows = shared["tokens"], shared["activations"], shared["rows"]
+    else:
+        ds = harvest_lib.token_windows(data.text, tok, data.lm.context, seed)
+        tokens = tokens_lib.batch_array(ds, 0, min(windows, len(ds)))
+        acts, rows = dashboard.activations(model_lm, site, tokens, tokens_lib.special_ids(tok), data.lm.batch_windows,
+                                           progress)
+    fired = np.zeros(sae.d_sae, np.int64)
+    for s0 in range(0, len(acts), 4096):
+        fired += np.asarray(sae.encode(acts[s0 : s0 + 4096]) > 0).sum(0)
+    alive = np.nonzero(fired)[0]
+    explanations = dashboard.explanations_from(out_dir)
+    explained = [i for i in sorted(explanations) if fired[i]][:n_latents]  # latents with an explanation first
+    rest = np.setdiff1d(alive, explained)
+    rng = np.random.default_rng(seed)
+    fill = rng.choice(rest, size=min(n_latents - len(explained), len(rest)), replace=False).tolist() if len(rest) else []
+    sample = sorted(explained + [int(i) for i in fill])
+    title = f"{os.path.basename(os.path.abspath(export_dir))} at {site}"
+    meta = {"site": site, "model": os.path.basename(harvest_lib.model_path(data.lm)), "tokens_scanned": len(acts),
+            "latents_alive": f"{len(alive)} of {sae.d_sae}", "identity": ident}
+    for latent in ident["on_demand"]:
+        rec = dashboard.latent_data(sae, acts, rows, tokens, tok, [latent], lm=model_lm, explanations=explanations)
+        dashboard.write(os.path.join(out_dir, "dashboard", f"latent_{latent}.html"), f"{title}: latent {latent}", rec,
+                        {k: v for k, v in meta.items() if k != "identity"})
+    records = dashboard.latent_data(sae, acts, rows, tokens, tok, sample, lm=model_lm, explanations=explanations)
+    dashboard.write(path, title, records, meta)  # last: its identity means the rest is there
+    log.info("wrote %s (%d latents)", path, len(records))
+    return {"path": path, "latents": sample}
+
+
+def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_latents, progress, lm,
+              shared: dict | None = None) -> dict:
     sae = saelens.load(export_dir)
     site = site_of(export_dir, data)
     ident = _identity(export_dir, data, site, seed, windows, downstream_windows, n_latents)
@@ -237,7 +286,9 @@ def _evaluate(export_dir, data, out_dir, seed, windows, downstream_windows, n_la
     ds = harvest_lib.token_windows(data.text, tok, data.lm.context, seed)
     result = core.evaluate(lm, sae, site, ds, windows, data.lm.batch_windows, tokens_lib.special_ids(tok),
                            downstream_windows, progress=progress, progress_path=os.path.join(out_dir, PROGRESS),
-                           identity=ident)
+                           identity=ident, keep_activations=shared is not None)
+    if shared is not None:
+        shared.update(tokens=result["tokens"], activations=result["activations"], rows=result["rows"])
     metrics = {"site": site, "export": os.path.abspath(export_dir), "model": harvest_lib.model_path(data.lm),
                **result["metrics"], "identity": ident}
     paths = report.plots(result, out_dir)
