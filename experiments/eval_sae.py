@@ -26,7 +26,7 @@ _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-act
                                 "dashboard).")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
 _EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, scr, tpp, "
-                            "absorption, meta_structure, autointerp, dashboard.")
+                            "absorption, ravel, meta_structure, autointerp, dashboard.")
 _JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
                            "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
                            "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
@@ -52,6 +52,9 @@ _DASH = flags.DEFINE_list("dashboard_latents", None, "Dashboard: latents that al
                           "OUT/dashboard/latent_{i}.html (the run's page shows --latents sampled live latents).")
 _ABS_POS = flags.DEFINE_integer("absorption_position", -6, "Absorption: the word's token position from the prompt's "
                                 "end (-6 for SAEBench's template on SmolLM2, Gemma and GPT-2 tokenizers).")
+_RAVEL_ENTITIES = flags.DEFINE_integer("ravel_entities", 500, "RAVEL: entities kept per type, those the model knows "
+                                       "most facts of (SAEBench: 500).")
+_RAVEL_PAIRS = flags.DEFINE_integer("ravel_pairs", 5000, "RAVEL: cause pairs per attribute (SAEBench: 5000).")
 _SCR_TEST = flags.DEFINE_integer("scr_test", 400, "SCR/TPP: at most this many test rows per probe (SAEBench: 1000).")
 
 
@@ -59,6 +62,7 @@ def main(argv):
     del argv
     from jaxsae.evals import probe_datasets
     from jaxsae.evals.absorption import AbsorptionConfig
+    from jaxsae.evals.ravel import RavelConfig
     from jaxsae.evals.run import check_evals, evaluate
     from jaxsae.evals.scr_tpp import ScrTppConfig
     from jaxsae.evals.sparse_probing import SparseProbingConfig
@@ -72,6 +76,8 @@ def main(argv):
                            tpp_datasets=tuple(_TPP_DATASETS.value or probe_datasets.MULTICLASS),
                            train_size=_SCR_TRAIN.value, test_size=_SCR_TEST.value,
                            context=_PROBE_CONTEXT.value).validate()
+    facts = RavelConfig(top_n_entities=_RAVEL_ENTITIES.value, candidate_entities=max(600, _RAVEL_ENTITIES.value),
+                        num_pairs_per_attribute=_RAVEL_PAIRS.value).validate()
     absorb = AbsorptionConfig(max_words=_ABS_WORDS.value, prompt_token_pos=_ABS_POS.value).validate()
     from jaxsae.evals import judges
     from jaxsae.evals.autointerp import AutointerpConfig
@@ -83,7 +89,7 @@ def main(argv):
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
                    judge=judge, scr_tpp_config=removal, absorption_config=absorb,
-                   dashboard_latents=[int(i) for i in _DASH.value or ()])
+                   dashboard_latents=[int(i) for i in _DASH.value or ()], ravel_config=facts)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

@@ -4,8 +4,9 @@
   new_bn = generate.sample(lm, prompt_bt, 20, key=jax.random.key(0), temperature=0.8, top_k=50)
   steered = generate.greedy(lm, prompt_bt, 20, model_surgery=lambda m: sites.splice(m, site, fn, v))
 
-`prompt_bt` is [batch, seq] token ids, every row the same length (no padding: the prompt's last
-position is where generation starts for every row). The result holds only the new tokens,
+`prompt_bt` is [batch, seq] token ids, every row the same length, or prompts of different lengths
+left-padded with `pad_id` (`left_pad` builds both): Penzai's sampler gives pad positions no
+position and masks them out of attention, so a padded row generates what it generates alone. The result holds only the new tokens,
 [batch, max_new_tokens]. `model_surgery` rewrites the Penzai model before it enters sampling mode,
 so a splice or an intervention applies at the prompt's positions and at every generated one.
 
@@ -65,7 +66,26 @@ def _decode(slots, params, state, prompt_bt, key, temperature, n_new: int, sampl
     return out_bn
 
 
-def _run(lm, prompt_bt, max_new_tokens: int, model_surgery, key, temperature: float, top_k: int | None):
+def left_pad(prompts, width: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens [batch, width] left-padded, pads per row [batch], pad_id) for prompts (lists of ids)
+    of any lengths; pad_id is an id no prompt uses, so no real token is mistaken for padding."""
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise ValueError("left_pad: every prompt needs at least one token")
+    width = width or max(len(p) for p in prompts)
+    if width < max(len(p) for p in prompts):
+        raise ValueError(f"left_pad: width {width} is shorter than the longest prompt ({max(map(len, prompts))})")
+    used = set().union(*map(set, prompts))
+    pad_id = next(i for i in range(len(used) + 1) if i not in used)
+    out = np.full((len(prompts), width), pad_id, np.int32)
+    pads = np.array([width - len(p) for p in prompts], np.int64)
+    for r, p in enumerate(prompts):
+        out[r, pads[r]:] = p
+    return out, pads, pad_id
+
+
+def _run(lm, prompt_bt, max_new_tokens: int, model_surgery, key, temperature: float, top_k: int | None,
+         pad_id: int | None = None):
     prompt_bt = jnp.asarray(prompt_bt, jnp.int32)
     if prompt_bt.ndim != 2 or prompt_bt.shape[1] == 0:
         raise ValueError(f"prompt tokens must be [batch, seq] with seq >= 1, got shape {tuple(prompt_bt.shape)}")
@@ -78,7 +98,7 @@ def _run(lm, prompt_bt, max_new_tokens: int, model_surgery, key, temperature: fl
         model = _penzai(model_surgery(model))
     batch, seq = prompt_bt.shape
     sampler = sampling_mode.KVCachingTransformerLM.from_uncached(
-        model, cache_len=seq + max_new_tokens, batch_axes={"batch": batch}, pad_id=_NO_PAD)
+        model, cache_len=seq + max_new_tokens, batch_axes={"batch": batch}, pad_id=_NO_PAD if pad_id is None else pad_id)
     slots, values = pz.unbind_variables(sampler, freeze=True)
     params = tuple(v for v in values if isinstance(v, pz.ParameterValue))
     state = tuple(v for v in values if not isinstance(v, pz.ParameterValue))
@@ -88,18 +108,19 @@ def _run(lm, prompt_bt, max_new_tokens: int, model_surgery, key, temperature: fl
                    sampled=sampled, top_k=top_k)
 
 
-def greedy(lm, tokens, max_new_tokens: int, *, model_surgery=None) -> jax.Array:
+def greedy(lm, tokens, max_new_tokens: int, *, model_surgery=None, pad_id: int | None = None) -> jax.Array:
     """The `max_new_tokens` most likely next tokens, one at a time: [batch, max_new_tokens] int32.
-    `model_surgery`: a function Penzai model -> model applied before decoding (e.g. a splice)."""
-    return _run(lm, tokens, max_new_tokens, model_surgery, None, 1.0, None)
+    `model_surgery`: a function Penzai model -> model applied before decoding (e.g. a splice).
+    `pad_id`: the id of left padding in `tokens` (see `left_pad`)."""
+    return _run(lm, tokens, max_new_tokens, model_surgery, None, 1.0, None, pad_id)
 
 
 def sample(lm, tokens, max_new_tokens: int, *, key: jax.Array, temperature: float = 1.0, top_k: int | None = None,
-           model_surgery=None) -> jax.Array:
+           model_surgery=None, pad_id: int | None = None) -> jax.Array:
     """Sampled continuations [batch, max_new_tokens]: softmax(logits / temperature), restricted to
     the `top_k` most likely tokens when given. The same key gives the same tokens."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (use greedy() for temperature 0), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    return _run(lm, tokens, max_new_tokens, model_surgery, key, temperature, top_k)
+    return _run(lm, tokens, max_new_tokens, model_surgery, key, temperature, top_k, pad_id)

@@ -104,3 +104,20 @@ def test_bad_arguments_are_named(tiny):
         generate.greedy(tiny, PROMPT, 0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generate.sample(tiny, PROMPT, 3, key=jax.random.key(0), temperature=0.0)
+
+
+@pytest.mark.parametrize("case", sorted(FAST))
+def test_left_padded_rows_generate_what_they_generate_alone(case, tmp_path):
+    kind, extra = CASES[case]
+    save_tiny(tmp_path, kind, **extra)
+    lm = models.load(str(tmp_path))
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, VOCAB, size=n).tolist() for n in (7, 3, 5)]
+    tokens, pads, pad_id = generate.left_pad(prompts)
+    assert tokens.shape == (3, 7) and pads.tolist() == [0, 4, 2] and all(pad_id not in p for p in prompts)
+    got = np.asarray(generate.greedy(lm, tokens, 6, pad_id=pad_id))
+    for row, p in enumerate(prompts):
+        alone = np.asarray(generate.greedy(lm, np.asarray([p]), 6))[0]
+        np.testing.assert_array_equal(got[row], alone)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate.left_pad([[1, 2], []])
