@@ -26,7 +26,7 @@ _LATENTS = flags.DEFINE_integer("latents", 16, "Latents shown with their top-act
                                 "dashboard).")
 _SEED = flags.DEFINE_integer("seed", 1, "Seed of the evaluation windows' shuffle.")
 _EVALS = flags.DEFINE_list("evals", ["core"], "Evaluations to run, comma-separated: core, sparse_probing, scr, tpp, "
-                            "absorption, ravel, meta_structure, autointerp, dashboard.")
+                            "absorption, ravel, unlearning, meta_structure, autointerp, dashboard.")
 _JUDGE = flags.DEFINE_enum("judge", "lexical", ["lexical", "openai", "local"], "Autointerp judge: lexical "
                            "(deterministic token baseline), openai (--judge_url, --judge_model, key from "
                            "--judge_key_env) or local (the evaluated model, greedy: a smoke test).")
@@ -55,6 +55,10 @@ _ABS_POS = flags.DEFINE_integer("absorption_position", -6, "Absorption: the word
 _RAVEL_ENTITIES = flags.DEFINE_integer("ravel_entities", 500, "RAVEL: entities kept per type, those the model knows "
                                        "most facts of (SAEBench: 500).")
 _RAVEL_PAIRS = flags.DEFINE_integer("ravel_pairs", 5000, "RAVEL: cause pairs per attribute (SAEBench: 5000).")
+_FORGET = flags.DEFINE_string("forget_topic", "Sport", "Unlearning (topic-forgetting proxy): the news section to "
+                              "forget (Politics, Technology, Entertainment, Sport); the others are retained.")
+_FORGET_TEXTS = flags.DEFINE_integer("unlearning_texts", 400, "Unlearning: forget and retain texts each (half measure "
+                                     "latent frequencies, half are scored).")
 _SCR_TEST = flags.DEFINE_integer("scr_test", 400, "SCR/TPP: at most this many test rows per probe (SAEBench: 1000).")
 
 
@@ -63,6 +67,7 @@ def main(argv):
     from jaxsae.evals import probe_datasets
     from jaxsae.evals.absorption import AbsorptionConfig
     from jaxsae.evals.ravel import RavelConfig
+    from jaxsae.evals.unlearning import UnlearningConfig
     from jaxsae.evals.run import check_evals, evaluate
     from jaxsae.evals.scr_tpp import ScrTppConfig
     from jaxsae.evals.sparse_probing import SparseProbingConfig
@@ -76,7 +81,8 @@ def main(argv):
                            tpp_datasets=tuple(_TPP_DATASETS.value or probe_datasets.MULTICLASS),
                            train_size=_SCR_TRAIN.value, test_size=_SCR_TEST.value,
                            context=_PROBE_CONTEXT.value).validate()
-    facts = RavelConfig(top_n_entities=_RAVEL_ENTITIES.value, candidate_entities=max(600, _RAVEL_ENTITIES.value),
+    forgetting = UnlearningConfig(texts_per_side=_FORGET_TEXTS.value, context=_PROBE_CONTEXT.value).validate()
+    facts = RavelConfig(top_n_entities=_RAVEL_ENTITIES.value, candidate_entities=2 * _RAVEL_ENTITIES.value,
                         num_pairs_per_attribute=_RAVEL_PAIRS.value).validate()
     absorb = AbsorptionConfig(max_words=_ABS_WORDS.value, prompt_token_pos=_ABS_POS.value).validate()
     from jaxsae.evals import judges
@@ -89,7 +95,8 @@ def main(argv):
     out = evaluate(_SAE.value, cfg.data, _OUT.value, evals, seed=_SEED.value, windows=_WINDOWS.value,
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
                    judge=judge, scr_tpp_config=removal, absorption_config=absorb,
-                   dashboard_latents=[int(i) for i in _DASH.value or ()], ravel_config=facts)
+                   dashboard_latents=[int(i) for i in _DASH.value or ()], ravel_config=facts,
+                   forget_topic=_FORGET.value, unlearning_config=forgetting)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

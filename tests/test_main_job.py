@@ -42,7 +42,8 @@ def test_harvest_train_evaluate_binaries(tmp_path):
                "--probe_datasets=sentiment,gender", "--probe_train=40", "--probe_test=20", "--probe_context=16",
                "--scr_designs=movie_product", "--tpp_datasets=country", "--scr_train=32", "--scr_test=16",
                "--absorption_words=80", f"--absorption_position={_word_position(lm)}",
-               "--evals=core,sparse_probing,scr,tpp,absorption,autointerp,dashboard", "--autointerp_latents=4",
+               "--evals=core,sparse_probing,scr,tpp,absorption,autointerp,dashboard,unlearning,ravel",
+               "--ravel_entities=8", "--ravel_pairs=8", "--unlearning_texts=16", "--autointerp_latents=4",
                "--autointerp_tokens=4000", "--dashboard_latents=3")
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout)
@@ -50,7 +51,8 @@ def test_harvest_train_evaluate_binaries(tmp_path):
     assert probing["eval_result_metrics"] == printed["sparse_probing"]
     assert [d["dataset_name"] for d in probing["eval_result_details"]] == ["sentiment", "gender"]
     assert os.path.isfile(os.path.join(work, "eval", "evals", "core.json"))
-    for name, category in (("scr", "scr_metrics"), ("tpp", "tpp_metrics"), ("absorption_first_letter", "mean")):
+    for name, category in (("scr", "scr_metrics"), ("tpp", "tpp_metrics"), ("absorption_first_letter", "mean"),
+                           ("unlearning", "unlearning"), ("ravel", "ravel")):
         r = json.load(open(os.path.join(work, "eval", "evals", f"{name}.json")))
         printed_as = "absorption" if name.startswith("absorption") else name
         assert r["eval_result_metrics"] == printed[printed_as] and category in printed[printed_as]

@@ -30,12 +30,14 @@ from jaxsae.evals import (
     results,
     scr_tpp,
     sparse_probing,
+    unlearning,
 )
 from jaxsae.evals.absorption import AbsorptionConfig
 from jaxsae.evals.autointerp import AutointerpConfig
 from jaxsae.evals.ravel import RavelConfig
 from jaxsae.evals.scr_tpp import ScrTppConfig
 from jaxsae.evals.sparse_probing import SparseProbingConfig
+from jaxsae.evals.unlearning import UnlearningConfig
 from jaxsae.interop import saelens
 from jaxsae.report import dashboard
 from jaxsae.report import html as report
@@ -51,7 +53,8 @@ def site_of(export_dir: str, data: DataConfig) -> str:
     return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or data.site or data.lm.sites[0]
 
 
-EVALS = ("core", "sparse_probing", "scr", "tpp", "absorption", "ravel", "meta_structure", "autointerp", "dashboard")  # the evaluations `evaluate` runs
+EVALS = ("core", "sparse_probing", "scr", "tpp", "absorption", "ravel", "unlearning", "meta_structure", "autointerp",
+         "dashboard")  # the evaluations `evaluate` runs
 PROBING = ("sparse_probing", "scr", "tpp")  # read mean-pooled activations of labelled text: one forward serves all
 
 
@@ -85,13 +88,15 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
              downstream_windows: int = 16, n_latents: int = 12, probing: SparseProbingConfig | None = None,
              interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True,
              scr_tpp_config: ScrTppConfig | None = None, absorption_config: AbsorptionConfig | None = None,
-             dashboard_latents=None, ravel_config: RavelConfig | None = None) -> dict:
+             dashboard_latents=None, ravel_config: RavelConfig | None = None,
+             unlearning_config: UnlearningConfig | None = None, forget_topic: str = "Sport") -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing, scr,
     tpp -> evals/{sparse_probing,scr,tpp}.json (one forward per distinct prompt serves the three:
     jaxsae.evals.pooled; `probing` and `scr_tpp_config` set them); absorption ->
     evals/absorption_first_letter.json (activations cached in OUT/absorption_cache/: resumes); ravel ->
-    evals/ravel.json (`ravel_config`); meta_structure -> evals/meta_structure_decoder_variance.json (its
+    evals/ravel.json (`ravel_config`); unlearning -> evals/unlearning.json (a topic-forgetting proxy:
+    `forget_topic`, one news section, against the others); meta_structure -> evals/meta_structure_decoder_variance.json (its
     training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
     evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
     by `judge` (default: the evaluated model itself, a smoke test).
@@ -119,6 +124,9 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
                                             progress, lm)
         if "ravel" in evals:
             out["ravel"] = _ravel(export_dir, data, out_dir, ravel_config or RavelConfig(), progress, lm)
+        if "unlearning" in evals:
+            out["unlearning"] = _unlearning(export_dir, data, out_dir, unlearning_config or UnlearningConfig(),
+                                            forget_topic, progress, lm)
         if "meta_structure" in evals:  # weights only: no model needed
             result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=_sae_cfg(export_dir),
                                         progress=progress)
@@ -201,6 +209,21 @@ def _ravel(export_dir, data, out_dir, cfg: RavelConfig, progress: bool, lm) -> d
     model_lm, tok = lm()
     result = ravel.run(model_lm, saelens.load(export_dir), ident["site"], tok, cfg, sae_cfg=_sae_cfg(export_dir),
                        model_name=os.path.basename(ident["model"]), llm_dtype=data.lm.dtype, progress=progress)
+    result["eval_config"]["identity"] = ident
+    results.write(out_dir, result)
+    return result["eval_result_metrics"]
+
+
+def _unlearning(export_dir, data, out_dir, cfg: UnlearningConfig, topic: str, progress: bool, lm) -> dict:
+    ident = {**_eval_identity(export_dir, data, cfg), "forget_topic": topic}
+    done = _already(out_dir, "unlearning", ident)
+    if done is not None:
+        return done
+    model_lm, tok = lm()
+    name, forget, retain = unlearning.topic_proxy(topic, n=cfg.texts_per_side)
+    result = unlearning.run(model_lm, saelens.load(export_dir), ident["site"], tok, forget, retain, cfg, data_name=name,
+                            sae_cfg=_sae_cfg(export_dir), model_name=os.path.basename(ident["model"]),
+                            progress=progress)
     result["eval_config"]["identity"] = ident
     results.write(out_dir, result)
     return result["eval_result_metrics"]
