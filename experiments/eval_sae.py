@@ -67,10 +67,10 @@ def main(argv):
     from jaxsae.evals import probe_datasets
     from jaxsae.evals.absorption import AbsorptionConfig
     from jaxsae.evals.ravel import RavelConfig
-    from jaxsae.evals.unlearning import UnlearningConfig
     from jaxsae.evals.run import check_evals, evaluate
     from jaxsae.evals.scr_tpp import ScrTppConfig
     from jaxsae.evals.sparse_probing import SparseProbingConfig
+    from jaxsae.evals.unlearning import UnlearningConfig
 
     evals = check_evals(_EVALS.value)  # unknown names fail before anything loads
     cfg = config_lib.from_configdict(_CONFIG.value)

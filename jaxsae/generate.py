@@ -5,8 +5,9 @@
   steered = generate.greedy(lm, prompt_bt, 20, model_surgery=lambda m: sites.splice(m, site, fn, v))
 
 `prompt_bt` is [batch, seq] token ids, every row the same length, or prompts of different lengths
-left-padded with `pad_id` (`left_pad` builds both): Penzai's sampler gives pad positions no
-position and masks them out of attention, so a padded row generates what it generates alone. The result holds only the new tokens,
+left-padded with `pad_id` (`left_pad(prompts, pad_id=pad_id_for(lm))` builds both): Penzai's sampler
+gives pad positions no position and masks them out of attention, so a padded row generates what it
+generates alone. The result holds only the new tokens,
 [batch, max_new_tokens]. `model_surgery` rewrites the Penzai model before it enters sampling mode,
 so a splice or an intervention applies at the prompt's positions and at every generated one.
 
@@ -66,9 +67,16 @@ def _decode(slots, params, state, prompt_bt, key, temperature, n_new: int, sampl
     return out_bn
 
 
-def left_pad(prompts, width: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def pad_id_for(lm) -> int:
+    """An id past the model's vocabulary: never generated, so never mistaken for padding (Penzai
+    masks every cached token equal to pad_id, generated ones included); its embedding lookup clamps."""
+    return int(_penzai(lm).metadata.vocab_size)
+
+
+def left_pad(prompts, width: int | None = None, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(tokens [batch, width] left-padded, pads per row [batch], pad_id) for prompts (lists of ids)
-    of any lengths; pad_id is an id no prompt uses, so no real token is mistaken for padding."""
+    of any lengths. Pass `pad_id=pad_id_for(lm)`; without it the smallest id no prompt uses is taken,
+    which is only safe when the model never generates that id."""
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("left_pad: every prompt needs at least one token")
@@ -76,7 +84,10 @@ def left_pad(prompts, width: int | None = None) -> tuple[np.ndarray, np.ndarray,
     if width < max(len(p) for p in prompts):
         raise ValueError(f"left_pad: width {width} is shorter than the longest prompt ({max(map(len, prompts))})")
     used = set().union(*map(set, prompts))
-    pad_id = next(i for i in range(len(used) + 1) if i not in used)
+    if pad_id is None:
+        pad_id = next(i for i in range(len(used) + 1) if i not in used)
+    elif pad_id in used:
+        raise ValueError(f"left_pad: pad_id {pad_id} is a token of a prompt")
     out = np.full((len(prompts), width), pad_id, np.int32)
     pads = np.array([width - len(p) for p in prompts], np.int64)
     for r, p in enumerate(prompts):

@@ -43,6 +43,17 @@ def parse(site: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2)
 
 
+def require_reconstruction(sae, site: str, what: str) -> None:
+    """Refuse a dictionary an evaluation cannot use: one that does not rebuild its own site
+    (transcoders) or reads per-head vectors (attn.hook_z): `what` names the evaluation."""
+    if sae.spec.is_transcoder:
+        raise ValueError(f"{what} reads and writes the dictionary's own site; this dictionary is a transcoder. "
+                         "Evaluate an SAE, or use the core evaluation for transcoders")
+    if parse(site)[1] == "attn.hook_z":
+        raise ValueError(f"{what} of attn.hook_z (per-head) dictionaries is not supported; train the dictionary "
+                         "on a residual, MLP or attention-output site")
+
+
 @pz.pytree_dataclass
 class Tap(pz.nn.Layer):
     """Records the value passing through under a state variable labelled with the site name."""

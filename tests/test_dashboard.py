@@ -114,3 +114,22 @@ def test_page_renders_in_headless_chromium(setup, tmp_path):
         assert pg.eval_on_selector_all("nav a", "as => as.length") == len(latents)
         assert pg.title() == "tiny <test> run"
         browser.close()
+
+
+def test_logit_effects_drop_the_layernorm_bias(tmp_path):
+    from tiny_models import CASES, save_tiny
+
+    kind, extra = CASES["gpt2_learned_positions"]
+    hf = save_tiny(tmp_path, kind, **extra)
+    with torch.no_grad():  # a LayerNorm bias that would otherwise push the same tokens for every latent
+        hf.transformer.ln_f.bias.normal_(0, 1.0)
+    hf.save_pretrained(tmp_path)
+    lm = models.load(str(tmp_path))
+    w = np.random.default_rng(0).normal(size=(3, hf.config.n_embd)).astype(np.float32)
+    with torch.no_grad():
+        ln, head = hf.transformer.ln_f, hf.lm_head
+        logits = (head(ln(torch.tensor(w))) - head(ln(torch.zeros(1, w.shape[1])))).numpy()
+    logits = logits - logits.mean(1, keepdims=True)
+    for row, eff in zip(logits, dashboard.logit_effects(lm, w, k=5)):
+        assert [int(t) for t, _ in eff["promoted"]] == np.argsort(-row)[:5].tolist()
+        np.testing.assert_allclose([v for _, v in eff["promoted"]], np.sort(row)[::-1][:5], rtol=1e-4, atol=1e-4)

@@ -116,8 +116,13 @@ def test_left_padded_rows_generate_what_they_generate_alone(case, tmp_path):
     tokens, pads, pad_id = generate.left_pad(prompts)
     assert tokens.shape == (3, 7) and pads.tolist() == [0, 4, 2] and all(pad_id not in p for p in prompts)
     got = np.asarray(generate.greedy(lm, tokens, 6, pad_id=pad_id))
+    outside, _, pad_out = generate.left_pad(prompts, pad_id=generate.pad_id_for(lm))  # past the vocabulary
+    assert pad_out == VOCAB or pad_out >= VOCAB
+    np.testing.assert_array_equal(np.asarray(generate.greedy(lm, outside, 6, pad_id=pad_out)), got)
     for row, p in enumerate(prompts):
         alone = np.asarray(generate.greedy(lm, np.asarray([p]), 6))[0]
         np.testing.assert_array_equal(got[row], alone)
     with pytest.raises(ValueError, match="at least one token"):
         generate.left_pad([[1, 2], []])
+    with pytest.raises(ValueError, match="is a token of a prompt"):
+        generate.left_pad([[1, 2]], pad_id=2)

@@ -56,6 +56,8 @@ DIFFERENCES = {
             "the gate in its details; SAEBench stops evaluating every later SAE in its list",
     "words": "words whose query does not re-tokenize to the word's own token at position -6 are dropped and "
              "counted (SAEBench requires equal prompt lengths instead)",
+    "icl_examples": "the absorption pass reuses each test word's probe prompt (examples from the test split); "
+                    "SAEBench rebuilds the prompt with examples from the whole vocabulary and runs the model again",
     "probes": "probes are trained in JAX with SAEBench's losses, optimisers and schedules; the k-sparse "
               "LogisticRegression minimises sklearn's objective (L-BFGS in JAX)",
 }
@@ -270,13 +272,20 @@ def _encode(sae, x_nd: np.ndarray, chunk: int = 4096) -> np.ndarray:
 # ---- prompts and activations -------------------------------------------------------------------
 
 
+def token_text(tokenizer, i: int, ref: list[int]) -> str:
+    """The text of token i as it reads after other text: decoded behind `ref` and cut, since
+    SentencePiece-style decoders drop a leading space at the start of a decode ("▁cat" -> "cat")."""
+    return tokenizer.decode([*ref, i])[len(tokenizer.decode(ref)):]
+
+
 def alpha_vocab(tokenizer) -> list[tuple[int, str]]:
     """(id, text) of every token made of ASCII letters only, one leading space allowed."""
     out = []
+    ref = tokenizer.encode("a")
     for i in range(tokenizer.vocab_size):
         if i in (tokenizer.bos_id, tokenizer.eos_id):
             continue
-        text = tokenizer.decode([i])
+        text = token_text(tokenizer, i, ref)
         core = text[1:] if text.startswith(" ") else text
         if core and all(ch in string.ascii_letters for ch in core):
             out.append((i, text))
@@ -329,10 +338,13 @@ def word_activations(lm, site: str, tokens: list[list[int]], pos: int, batch: in
     parts = []
     for c0 in tqdm(range(0, len(tokens), chunk), desc="absorption: activations", disable=not progress, leave=False):
         path = os.path.join(cache_dir, f"acts_{c0 // chunk:05d}.npy") if cache_dir else None
-        if path and os.path.isfile(path):
-            parts.append(np.load(path))
-            continue
         rows = tokens[c0 : c0 + chunk]
+        if path and os.path.isfile(path):
+            block = np.load(path)
+            if block.shape[0] == len(rows):
+                parts.append(block)
+                continue
+            log.warning("absorption: cached %s holds %d rows, not %d: recomputing it", path, block.shape[0], len(rows))
         got = []
         for s in range(0, len(rows), batch):
             part = rows[s : s + batch]
@@ -353,6 +365,7 @@ def run(lm, sae, site: str, tokenizer, cfg: AbsorptionConfig = AbsorptionConfig(
         model_name: str = "", llm_dtype: str = "float32", cache_dir: str | None = None, progress: bool = True) -> dict:
     """The absorption result (SAEBench schema, eval_type_id "absorption_first_letter")."""
     cfg = cfg.validate()
+    sites.require_reconstruction(sae, site, "absorption")
     data = dataset(tokenizer, cfg)
     if not data["train"]["tokens"] or not data["test"]["tokens"]:
         raise ValueError(f"absorption: no usable alphabetic words in this tokenizer's vocabulary "
@@ -362,7 +375,7 @@ def run(lm, sae, site: str, tokenizer, cfg: AbsorptionConfig = AbsorptionConfig(
         sub = None
         if cache_dir:
             shaping = [site, split, cfg.prompt_template, cfg.prompt_token_pos, cfg.max_icl_examples, cfg.max_words,
-                       cfg.seed]  # what the activations depend on (the caller's cache_dir names the model)
+                       cfg.seed, cfg.llm_batch_size]  # what the cached blocks depend on (cache_dir names the model)
             key = hashlib.sha256(json.dumps(shaping).encode())
             sub = os.path.join(cache_dir, f"{split}-{key.hexdigest()[:16]}")
             os.makedirs(sub, exist_ok=True)

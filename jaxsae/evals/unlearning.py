@@ -145,6 +145,7 @@ def run(lm, sae, site: str, tokenizer, forget_texts, retain_texts, cfg: Unlearni
     """The unlearning result (SAEBench schema, eval_type_id "unlearning") of forgetting `forget_texts`
     while keeping `retain_texts` (see the module docstring: a proxy, not SAEBench's measure)."""
     cfg = cfg.validate()
+    sites.require_reconstruction(sae, site, "unlearning")
     if len(forget_texts) < 4 or len(retain_texts) < 4:
         raise ValueError(f"unlearning: needs >= 4 forget and retain texts, got {len(forget_texts)} and "
                          f"{len(retain_texts)}")

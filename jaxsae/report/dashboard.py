@@ -33,9 +33,11 @@ HIST_BINS = 30
 
 
 def logit_effects(lm, w_dec_fd, k: int = 10, tokenizer=None, chunk: int = 256) -> list[dict]:
-    """Per latent: the k tokens whose logits its decoder direction raises most and lowers most, the
-    direction passed through the layers after the last transformer block (final norm, unembedding,
-    any logit soft-cap), as SAELens' dashboards show."""
+    """Per latent: the k tokens whose logits its decoder direction raises most and lowers most: the
+    direction through the layers after the last transformer block (final norm, unembedding, any
+    logit soft-cap) minus the zero vector's logits, so a LayerNorm's bias and the unembedding's
+    bias, shared by every direction, drop out (for RMSNorm models that is W_U of the scaled
+    direction, SAELens dashboards' W_dec W_U up to the norm's scale)."""
     body = lm.model.body.sublayers
     last = max(i for i, s in enumerate(body) if isinstance(s, model_parts.TransformerBlock))
     tail = pz.nn.Sequential(list(body[last + 1 :]))
@@ -46,11 +48,12 @@ def logit_effects(lm, w_dec_fd, k: int = 10, tokenizer=None, chunk: int = 256) -
         return out.untag("latent", "vocabulary").unwrap().astype(jnp.float32)
 
     w = np.asarray(w_dec_fd, np.float32)
+    zero = np.asarray(run(jnp.zeros((chunk, w.shape[1]), jnp.float32)))[:1]
     out = []
     for s in range(0, len(w), chunk):
         part = w[s : s + chunk]
         padded = np.concatenate([part, np.zeros((chunk - len(part), w.shape[1]), np.float32)]) if len(part) < chunk else part
-        logits = np.asarray(run(jnp.asarray(padded)))[: len(part)]
+        logits = np.asarray(run(jnp.asarray(padded)))[: len(part)] - zero
         logits = logits - logits.mean(1, keepdims=True)  # an effect on the distribution: the mean shift is moot
         for row in logits:
             up, down = np.argsort(-row)[:k], np.argsort(row)[:k]
@@ -96,7 +99,7 @@ def _context(tokens_wt, acts_wt, w: int, t: int, tokenizer, before: int, after: 
             "pieces": [[tokenizer.decode([int(tokens_wt[w, j])]), float(acts_wt[w, j])] for j in range(lo, hi)]}
 
 
-def latent_data(sae, acts_nd, rows, tokens_wt, tokenizer, latents, *, lm=None, n_top: int = 10,
+def latent_data(sae, acts_nd, rows, tokens_wt, tokenizer, latents, *, lm=None, site: str | None = None, n_top: int = 10,
                 n_quantiles: int = 4, per_quantile: int = 3, before: int = 12, after: int = 4, seed: int = 0,
                 explanations: dict[int, str] | None = None) -> list[dict]:
     """JSON-ready records of `latents` from text-token activations `acts_nd` (see the module docstring)."""
@@ -108,7 +111,9 @@ def latent_data(sae, acts_nd, rows, tokens_wt, tokenizer, latents, *, lm=None, n
     f_nk = np.concatenate([np.asarray(encode(sae, jnp.asarray(acts_nd[s : s + 4096])))
                            for s in range(0, len(acts_nd), 4096)]) if len(acts_nd) else np.zeros((0, len(latents)))
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
-    effects = logit_effects(lm, w_dec[latents], tokenizer=tokenizer) if lm is not None else [None] * len(latents)
+    direct = lm is not None and not sae.spec.is_transcoder and not (site and sites.parse(site)[1] == "attn.hook_z")
+    # (per-head decoder rows do not live in the residual stream: no logit effects for them)
+    effects = logit_effects(lm, w_dec[latents], tokenizer=tokenizer) if direct else [None] * len(latents)
     neighbours = nearest_latents(w_dec, latents)
     rng = np.random.default_rng(seed)
     out = []
