@@ -39,8 +39,8 @@ _PROBE_DATASETS = flags.DEFINE_list("probe_datasets", None, "Sparse probing data
                                     "sentiment, news_topic, code_language, gender, country).")
 _PROBE_TRAIN = flags.DEFINE_integer("probe_train", 4000, "Sparse probing: training rows per task (SAEBench: 4000).")
 _PROBE_TEST = flags.DEFINE_integer("probe_test", 1000, "Sparse probing: test rows per task (SAEBench: 1000).")
-_PROBE_CONTEXT = flags.DEFINE_integer("probe_context", 128, "Sparse probing, SCR and TPP: tokens per prompt "
-                                      "(SAEBench: 128; one forward per prompt serves the three).")
+_PROBE_CONTEXT = flags.DEFINE_integer("probe_context", 128, "Sparse probing, SCR, TPP and unlearning: tokens per "
+                                      "text (SAEBench: 128; one forward per prompt serves the first three).")
 _SCR_DESIGNS = flags.DEFINE_list("scr_designs", None, "SCR crossed designs (default: all of movie_restaurant, "
                                  "movie_product, restaurant_product, politician_gender).")
 _TPP_DATASETS = flags.DEFINE_list("tpp_datasets", None, "TPP multi-class sets (default: all of country, news).")
@@ -81,7 +81,8 @@ def main(argv):
                            tpp_datasets=tuple(_TPP_DATASETS.value or probe_datasets.MULTICLASS),
                            train_size=_SCR_TRAIN.value, test_size=_SCR_TEST.value,
                            context=_PROBE_CONTEXT.value).validate()
-    forgetting = UnlearningConfig(texts_per_side=_FORGET_TEXTS.value, context=_PROBE_CONTEXT.value).validate()
+    forgetting = UnlearningConfig(texts_per_side=_FORGET_TEXTS.value, context=_PROBE_CONTEXT.value,
+                                  forget_topic=_FORGET.value).validate()
     facts = RavelConfig(top_n_entities=_RAVEL_ENTITIES.value, candidate_entities=2 * _RAVEL_ENTITIES.value,
                         num_pairs_per_attribute=_RAVEL_PAIRS.value).validate()
     absorb = AbsorptionConfig(max_words=_ABS_WORDS.value, prompt_token_pos=_ABS_POS.value).validate()
@@ -96,7 +97,7 @@ def main(argv):
                    downstream_windows=_DOWNSTREAM.value, n_latents=_LATENTS.value, probing=probing, interp=interp,
                    judge=judge, scr_tpp_config=removal, absorption_config=absorb,
                    dashboard_latents=[int(i) for i in _DASH.value or ()], ravel_config=facts,
-                   forget_topic=_FORGET.value, unlearning_config=forgetting)
+                   unlearning_config=forgetting)
     if "core" in out:
         out["core"] = {k: v for k, v in out["core"].items() if k != "identity"}
     print(json.dumps(out, indent=2))

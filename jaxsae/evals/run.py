@@ -89,15 +89,15 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
              interp: AutointerpConfig | None = None, judge=None, model=None, progress: bool = True,
              scr_tpp_config: ScrTppConfig | None = None, absorption_config: AbsorptionConfig | None = None,
              dashboard_latents=None, ravel_config: RavelConfig | None = None,
-             unlearning_config: UnlearningConfig | None = None, forget_topic: str = "Sport") -> dict:
+             unlearning_config: UnlearningConfig | None = None) -> dict:
     """Run the named evaluations of the export at `export_dir` into `out_dir` (one writer; the model
     loaded once): core -> metrics.json, plots, report.html and evals/core.json; sparse_probing, scr,
     tpp -> evals/{sparse_probing,scr,tpp}.json (one forward per distinct prompt serves the three:
     jaxsae.evals.pooled; `probing` and `scr_tpp_config` set them); absorption ->
     evals/absorption_first_letter.json (activations cached in OUT/absorption_cache/: resumes); ravel ->
     evals/ravel.json (`ravel_config`); unlearning -> evals/unlearning.json (a topic-forgetting proxy:
-    `forget_topic`, one news section, against the others); meta_structure -> evals/meta_structure_decoder_variance.json (its
-    training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
+    `unlearning_config.forget_topic`, one news section, against the others); meta_structure ->
+    evals/meta_structure_decoder_variance.json (its training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
     evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
     by `judge` (default: the evaluated model itself, a smoke test).
     `model`: an already loaded (lm, tokenizer) for data.lm, else it is loaded on first use.
@@ -126,7 +126,7 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
             out["ravel"] = _ravel(export_dir, data, out_dir, ravel_config or RavelConfig(), progress, lm)
         if "unlearning" in evals:
             out["unlearning"] = _unlearning(export_dir, data, out_dir, unlearning_config or UnlearningConfig(),
-                                            forget_topic, progress, lm)
+                                            progress, lm)
         if "meta_structure" in evals:  # weights only: no model needed
             result = meta_structure.run(saelens.load(export_dir), out_dir, sae_cfg=_sae_cfg(export_dir),
                                         progress=progress)
@@ -216,13 +216,13 @@ def _ravel(export_dir, data, out_dir, cfg: RavelConfig, progress: bool, lm) -> d
     return result["eval_result_metrics"]
 
 
-def _unlearning(export_dir, data, out_dir, cfg: UnlearningConfig, topic: str, progress: bool, lm) -> dict:
-    ident = {**_eval_identity(export_dir, data, cfg), "forget_topic": topic}
+def _unlearning(export_dir, data, out_dir, cfg: UnlearningConfig, progress: bool, lm) -> dict:
+    ident = _eval_identity(export_dir, data, cfg)
     done = _already(out_dir, "unlearning", ident)
     if done is not None:
         return done
     model_lm, tok = lm()
-    name, forget, retain = unlearning.topic_proxy(topic, n=cfg.texts_per_side)
+    name, forget, retain = unlearning.topic_proxy(cfg.forget_topic, n=cfg.texts_per_side)
     result = unlearning.run(model_lm, saelens.load(export_dir), ident["site"], tok, forget, retain, cfg, data_name=name,
                             sae_cfg=_sae_cfg(export_dir), model_name=os.path.basename(ident["model"]),
                             progress=progress)

@@ -35,6 +35,7 @@ from jaxsae.data import tokens as tokens_lib
 from jaxsae.evals import pooled, probe_datasets, results
 
 log = logging.getLogger("jaxsae")
+NEWS_SECTIONS = ("Politics", "Technology", "Entertainment", "Sport")  # sae-probes' 97_news_class
 PROXY_NOTE = ("topic-forgetting proxy: the true next token's probability on forget/retain text in place of WMDP/MMLU "
               "multiple choice; not comparable with SAEBench's unlearning score")
 
@@ -49,10 +50,13 @@ class UnlearningConfig:
     batch: int = 16
     frequency_fraction: float = 0.5  # of each text list, used to measure frequencies; the rest is scored
     texts_per_side: int = 400  # the topic proxy's forget and retain texts (SAEBench: dataset_size 1024)
+    forget_topic: str = "Sport"  # the topic proxy's news section to forget
 
     def validate(self) -> UnlearningConfig:
         if not self.retain_thresholds or not self.n_features_list or not self.multipliers:
             raise ValueError("unlearning: retain_thresholds, n_features_list and multipliers must be non-empty")
+        if self.forget_topic not in NEWS_SECTIONS:
+            raise ValueError(f"unlearning: unknown forget_topic {self.forget_topic!r}; valid: {', '.join(NEWS_SECTIONS)}")
         if min(self.n_features_list) < 1 or not 0 < self.frequency_fraction < 1 or self.context < 2:
             raise ValueError("unlearning: n >= 1, 0 < frequency_fraction < 1 and context >= 2 are required")
         return self
