@@ -172,6 +172,38 @@ def truncate(lm, last_block: int):
     return dataclasses.replace(lm, body=pz.nn.Sequential(body.sublayers[: block_pos[last_block] + 1]))
 
 
+def resume_fn(model, site: str):
+    """For a residual-stream site, `f(x [batch, seq, d]) -> logits [batch, seq, vocab]` running only
+    the layers after the site on activations taken there (an intervention repeated with many
+    settings then pays for the layers before the site once); None for other sites."""
+    layer, kind = parse(site)
+    if kind not in ("hook_resid_pre", "hook_resid_post"):
+        return None
+    body = model.model.body if hasattr(model, "model") else model.body
+    block_pos = [i for i, x in enumerate(body.sublayers) if isinstance(x, model_parts.TransformerBlock)]
+    first = layer if kind == "hook_resid_pre" else layer + 1
+    if not 0 <= layer < len(block_pos):
+        raise ValueError(f"site {site!r}: the model has {len(block_pos)} blocks")
+    start = block_pos[first] if first < len(block_pos) else block_pos[-1] + 1
+    tail = pz.nn.Sequential(body.sublayers[start:])
+
+    def resume(x_btd) -> jax.Array:
+        return _call_tail(tail, jnp.asarray(x_btd)).untag("batch", "seq", "vocabulary").unwrap()
+
+    resume.tail = tail  # the Penzai layers themselves, for callers that differentiate through them
+    return resume
+
+
+def apply_tail(tail, x_btd):
+    """The layers of `resume_fn(...).tail` on positional activations (a pure function of a bound
+    or frozen-then-rebound tail; it can be differentiated)."""
+    x = pz.nx.wrap(x_btd).tag("batch", "seq", "embedding")
+    return tail(x, token_positions=pz.nx.arange("seq", x_btd.shape[1]))
+
+
+_call_tail = pz.variable_jit(apply_tail)
+
+
 def _positional(value: pz.nx.NamedArray) -> tuple[jax.Array, tuple[str, ...], tuple[int, ...]]:
     """Named site value -> (array [batch, seq, d] or, for attention heads, [batch, seq, heads,
     head_dim] with grouped head axes flattened), its axis order, and the unflattened shape."""

@@ -123,3 +123,29 @@ def test_result_schema_and_not_scored_path(tiny):
     tokens, _, pad = generate.left_pad(rows)
     both = np.asarray(generate.greedy(lm, tokens, 2, pad_id=pad))
     np.testing.assert_array_equal(both[0], np.asarray(generate.greedy(lm, np.asarray([rows[0]]), 2))[0])
+
+
+def test_tail_gradient_equals_the_whole_model_gradient(tiny):
+    """The MDBM at a residual site differentiates through the layers after the site only; the same
+    loss and gradient as through the whole spliced model (the path other sites take)."""
+    from penzai import pz
+
+    lm, _ = tiny
+    sae = _exact_sae(32)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 300, size=(4, 6)).astype(np.int32)
+    pos, last = jnp.asarray([1, 2, 3, 4]), jnp.asarray([5, 5, 5, 5])
+    target = jnp.asarray(rng.integers(0, 300, 4), jnp.int32)
+    src = jnp.asarray(rng.normal(size=(4, 32)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=64), jnp.float32)
+    for site in ("blocks.0.hook_resid_post", SITE):
+        slots, values = pz.unbind_variables(lm.model, freeze=True)
+        whole = ravel._loss_grad(b, slots, tuple(values), sae, jnp.float32(0.5), src, pos, jnp.asarray(tokens),
+                                 last, target, site, False)
+        tail = sites.resume_fn(lm, site).tail
+        t_slots, t_values = pz.unbind_variables(tail, freeze=True)
+        x = sites.capture_fn(lm, [site])(jnp.asarray(tokens))[site]
+        fast = ravel._tail_loss_grad(b, t_slots, tuple(t_values), sae, jnp.float32(0.5), x, src, pos, last, target,
+                                     False)
+        np.testing.assert_allclose(float(fast[0]), float(whole[0]), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(fast[1]), np.asarray(whole[1]), rtol=1e-4, atol=1e-6)

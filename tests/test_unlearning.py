@@ -90,3 +90,27 @@ def test_known_answer_and_schema(tiny):
     assert "not comparable" in r["eval_config"]["proxy"]
     name, f, rt = ul.topic_proxy("Sport", n=20)
     assert name == "topic_forgetting_proxy:news/Sport" and len(f) == len(rt) == 20 and not set(f) & set(rt)
+
+
+def test_resumed_scoring_equals_the_spliced_model(tiny):
+    """At a residual site the clamp is scored by running only the layers after it; the same numbers
+    as the whole spliced model (the generic path, used at other sites)."""
+    from jaxsae.data import tokens as tokens_lib
+    from jaxsae.evals import pooled
+
+    lm, tok = tiny
+    spec = D.build("relu", d_in=32, d_sae=64)
+    sae = SAE(spec, spec.init(jax.random.key(3)))
+    texts = ["the king is dead, long live the king", "my lord, what news", "to be or not to be", "good sir"] * 3
+    tokens = pooled.tokenize(texts, tok, 16)
+    chosen = np.zeros(64, bool)
+    chosen[:8] = True
+    site = "blocks.1.hook_resid_post"
+    fast = ul._Scorer(lm, site, tokens, tokens_lib.special_ids(tok), 5)
+    assert fast.resume is not None
+    from jaxsae import sites
+    spliced = sites.splice(lm, site, ul._Clamp(), {"sae": sae, "chosen": jnp.asarray(chosen),
+                                                   "multiplier": jnp.float32(25.0)})
+    slow = ul.accuracy(lm, tokens, tokens_lib.special_ids(tok), 5, spliced)
+    assert fast(sae, chosen, 25.0) == pytest.approx(slow, rel=1e-5)
+    assert fast() == pytest.approx(ul.accuracy(lm, tokens, tokens_lib.special_ids(tok), 5), rel=1e-5)

@@ -306,10 +306,28 @@ def _loss_grad(b_f, slots, params, sae, temp, src_bd, pos_b, tokens_bt, last_b, 
     return jax.value_and_grad(loss)(b_f)
 
 
+@functools.partial(jax.jit, static_argnames=("keep_error",))
+def _tail_loss_grad(b_f, slots, params, sae, temp, x_btd, src_bd, pos_b, last_b, target_b, keep_error: bool):
+    """_loss_grad from activations at a residual site: only the layers after it run (twice faster
+    at mid depth, and the base prompts' early layers run once for all epochs)."""
+    def loss(b):
+        tail = pz.bind_variables(slots, params, unfreeze_as_copy=True)
+        x = _Swap(False, keep_error)(x_btd, {"sae": sae, "b": b, "temp": temp, "src": src_bd, "pos": pos_b})
+        logits = sites.apply_tail(tail, x).untag("batch", "seq", "vocabulary").unwrap()
+        last = logits[jnp.arange(x_btd.shape[0]), last_b].astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(last, target_b).mean()
+
+    return jax.value_and_grad(loss)(b_f)
+
+
 def train_mask(lm, sae, site: str, pairs, cfg: RavelConfig, progress: bool = False) -> np.ndarray:
     """The MDBM's latent logits b [d_sae] (step 3 of the module docstring)."""
     capture = sites.capture_fn(lm, [site])
-    slots, values = pz.unbind_variables(lm.model, freeze=True)
+    resume = sites.resume_fn(lm, site)
+    if resume is not None:  # residual site: cache the base activations there, run only the later layers
+        slots, values = pz.unbind_variables(resume.tail, freeze=True)
+    else:
+        slots, values = pz.unbind_variables(lm.model, freeze=True)
     params = tuple(values)
     b = jnp.zeros((sae.d_sae,), jnp.float32)
     opt = optax.adam(cfg.learning_rate)
@@ -321,19 +339,28 @@ def train_mask(lm, sae, site: str, pairs, cfg: RavelConfig, progress: bool = Fal
     total = cfg.num_epochs * len(batches)
     temps = np.logspace(0.0, -4.0, total)
     step = 0
+    prepared = {}
     bar = tqdm(total=total, desc="RAVEL: MDBM", disable=not progress, leave=False)
     for _ in range(cfg.num_epochs):
-        for chunk in batches:
-            chunk = [chunk[i % len(chunk)] for i in range(cfg.llm_batch_size)]  # one shape per width
-            width = _width([b_.tokens for b_, *_ in chunk] + [s.tokens for _, s, *_ in chunk])
-            tokens = np.zeros((len(chunk), width), np.int32)
-            for r, (base, *_rest) in enumerate(chunk):
-                tokens[r, : len(base.tokens)] = base.tokens
-            src = _source_reps(capture, site, chunk, width)
-            _, grad = _loss_grad(b, slots, params, sae, jnp.float32(temps[step]), jnp.asarray(src),
-                                 jnp.asarray([p.entity_pos for p, *_ in chunk]), jnp.asarray(tokens),
-                                 jnp.asarray([len(p.tokens) - 1 for p, *_ in chunk]),
-                                 jnp.asarray([t for *_, t, _k in chunk], jnp.int32), site, cfg.keep_error)
+        for i, chunk in enumerate(batches):
+            chunk = [chunk[j % len(chunk)] for j in range(cfg.llm_batch_size)]  # one shape per width
+            if i not in prepared:  # tokens, source representations (and base activations) once per batch
+                width = _width([b_.tokens for b_, *_ in chunk] + [s.tokens for _, s, *_ in chunk])
+                tokens = np.zeros((len(chunk), width), np.int32)
+                for r, (base, *_rest) in enumerate(chunk):
+                    tokens[r, : len(base.tokens)] = base.tokens
+                base_x = capture(jnp.asarray(tokens))[site] if resume is not None else None
+                prepared[i] = (jnp.asarray(tokens), jnp.asarray(_source_reps(capture, site, chunk, width)), base_x,
+                               jnp.asarray([p.entity_pos for p, *_ in chunk]),
+                               jnp.asarray([len(p.tokens) - 1 for p, *_ in chunk]),
+                               jnp.asarray([t for *_, t, _k in chunk], jnp.int32))
+            tokens, src, base_x, pos, last, target = prepared[i]
+            if resume is not None:
+                _, grad = _tail_loss_grad(b, slots, params, sae, jnp.float32(temps[step]), base_x, src, pos, last,
+                                          target, cfg.keep_error)
+            else:
+                _, grad = _loss_grad(b, slots, params, sae, jnp.float32(temps[step]), src, pos, tokens, last, target,
+                                     site, cfg.keep_error)
             updates, state = opt.update(grad, state, b)
             b = optax.apply_updates(b, updates)
             step += 1

@@ -144,6 +144,42 @@ def accuracy(lm, tokens_nt: np.ndarray, specials, batch: int, surgery=None) -> f
     return hits / max(total, 1)
 
 
+@jax.jit
+def _clamped(x_btd, sae, chosen_f, c):
+    return _Clamp()(x_btd, {"sae": sae, "chosen": chosen_f, "multiplier": c})
+
+
+class _Scorer:
+    """Accuracy of the clean and the clamped model on one text set. At a residual-stream site the
+    activations there are taken once and each setting runs only the layers after the site."""
+
+    def __init__(self, lm, site: str, tokens_nt: np.ndarray, specials, batch: int):
+        self.lm, self.site, self.batch, self.specials = lm, site, batch, specials
+        self.tokens = tokens_nt
+        self.resume = sites.resume_fn(lm, site)
+        self.parts = []
+        if self.resume is not None:
+            capture = sites.capture_fn(lm, [site])
+            for s in range(0, len(tokens_nt), batch):
+                tok = _full(tokens_nt[s : s + batch], batch)
+                valid = tokens_lib.content_mask(tok, specials)
+                valid[len(tokens_nt[s : s + batch]):] = False
+                self.parts.append((capture(jnp.asarray(tok))[site], jnp.asarray(tok), jnp.asarray(valid)))
+
+    def __call__(self, sae=None, chosen=None, multiplier: float = 0.0) -> float:
+        if self.resume is None:
+            surgery = None if sae is None else sites.splice(self.lm, self.site, _Clamp(), {
+                "sae": sae, "chosen": jnp.asarray(chosen), "multiplier": jnp.float32(multiplier)})
+            return accuracy(self.lm, self.tokens, self.specials, self.batch, surgery)
+        hits, total = 0.0, 0
+        for x, tok, valid in self.parts:
+            if sae is not None:
+                x = _clamped(x, sae, jnp.asarray(chosen), jnp.float32(multiplier))
+            h, t = _correct(self.resume(x), tok, valid)
+            hits, total = hits + float(h), total + int(t)
+        return hits / max(total, 1)
+
+
 def run(lm, sae, site: str, tokenizer, forget_texts, retain_texts, cfg: UnlearningConfig = UnlearningConfig(),
         data_name: str = "custom", sae_cfg: dict | None = None, model_name: str = "", progress: bool = True) -> dict:
     """The unlearning result (SAEBench schema, eval_type_id "unlearning") of forgetting `forget_texts`
@@ -160,7 +196,8 @@ def run(lm, sae, site: str, tokenizer, forget_texts, retain_texts, cfg: Unlearni
         split[name] = (pooled.tokenize(texts[:cut], tokenizer, cfg.context),
                        pooled.tokenize(texts[cut:], tokenizer, cfg.context))
     freq = {k: frequencies(lm, sae, site, v[0], specials, cfg.batch, progress) for k, v in split.items()}
-    base = {k: accuracy(lm, v[1], specials, cfg.batch) for k, v in split.items()}
+    scorers = {k: _Scorer(lm, site, v[1], specials, cfg.batch) for k, v in split.items()}
+    base = {k: scorer() for k, scorer in scorers.items()}
     details, best = [], None
     settings = [(t, n, c) for t in cfg.retain_thresholds for n in cfg.n_features_list for c in cfg.multipliers]
     for t, n, c in tqdm(settings, desc="unlearning: settings", disable=not progress, leave=False):
@@ -168,9 +205,7 @@ def run(lm, sae, site: str, tokenizer, forget_texts, retain_texts, cfg: Unlearni
         row = {"retain_threshold": t, "n_features": n, "multiplier": c, "latents_chosen": int(chosen.sum()),
                "latents": np.nonzero(chosen)[0].tolist()}
         if chosen.any():
-            spliced = sites.splice(lm, site, _Clamp(), {"sae": sae, "chosen": jnp.asarray(chosen),
-                                                        "multiplier": jnp.float32(c)})
-            acc = {k: accuracy(lm, v[1], specials, cfg.batch, spliced) for k, v in split.items()}
+            acc = {k: scorer(sae, chosen, c) for k, scorer in scorers.items()}
         else:  # nothing to clamp: the model is unchanged
             acc = dict(base)
         ratio = {k: acc[k] / base[k] if base[k] > 0 else float("nan") for k in acc}
