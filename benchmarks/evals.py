@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -38,11 +39,12 @@ def main() -> None:
     ap.add_argument("--scr_train", type=int, default=200)
     ap.add_argument("--scr_test", type=int, default=100)
     ap.add_argument("--absorption_words", type=int, default=2000)
-    ap.add_argument("--ravel_entities", type=int, default=100)
+    ap.add_argument("--ravel_entities", type=int, default=50)
     ap.add_argument("--ravel_pairs", type=int, default=200)
     ap.add_argument("--unlearning_texts", type=int, default=100)
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--only", default="", help="comma list of evals (default: all, then the shared run)")
+    ap.add_argument("--out", default="", help="keep each eval's output in OUT/<eval> (default: temporary)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -79,7 +81,8 @@ def main() -> None:
     names = [n for n in args.only.split(",") if n] or list(run_lib.EVALS)
     results = {}
     for name in names:
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(args.out, name) if args.out else tmp
             t = time.perf_counter()
             results[name] = run_lib.evaluate(args.sae, data, out, (name,), **settings)[name]
             times[name] = time.perf_counter() - t
