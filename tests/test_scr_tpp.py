@@ -203,8 +203,12 @@ def test_results_load_in_saebench_and_share_one_forward(tiny):
     assert parsed.eval_type_id == "scr" and len(parsed.eval_result_details) == 1
     m = scr["eval_result_metrics"]["scr_metrics"]
     assert m["scr_dir1_threshold_500"] is None and m["scr_dir1_threshold_10"] is not None
+    theirs = scr["eval_result_metrics"]["scr_metrics_saebench_probe_selection"]  # the fixed bug: both written
+    assert set(theirs) == set(m) and not any(k.endswith("_saebench_probe_selection") for k in m)
     tpp = st.tpp(lm, sae, site, tok, cfg, pooler=pool, progress=False)
     assert TppEvalOutput(**tpp).eval_type_id == "tpp"
+    assert set(tpp["eval_result_metrics"]["tpp_metrics_saebench_probe_selection"]) == set(
+        tpp["eval_result_metrics"]["tpp_metrics"])
     assert set(tpp["eval_result_unstructured"]["country"]) == {"Australia", "India", "Italy", "United_Kingdom",
                                                                "United_States"}
     before = pool.forwards

@@ -41,8 +41,9 @@ DIFFERENCES = {
     "set_sizes": "train_set_size / test_set_size are upper bounds: each design uses the largest balanced sets "
                  "its data allow, written in its details (SAEBench asserts the sizes fit)",
     "probe_selection": "probe_selection='final' keeps the probe after the last epoch; SAEBench keeps the epoch "
-                       "with the best test accuracy (model selection on the test set). probe_selection="
-                       "'best_test' reproduces SAEBench's choice",
+                       "with the best test accuracy (model selection on the test set). Both are written: the "
+                       "*_saebench_probe_selection metrics and detail keys use SAEBench's choice "
+                       "(probe_selection='best_test' makes it the headline)",
     "ablation_pooling": "ablated activations are pooled over text tokens only; SAEBench also adds each masked "
                         "(BOS/pad) position's -(f(0) * drop) W_dec term into the pooled sum, which is nonzero "
                         "whenever encode(0) fires an ablated latent (TopK and positive-bias ReLU SAEs)",
@@ -265,6 +266,14 @@ def _eval_config(cfg: ScrTppConfig, scr: bool, site: str, model_name: str, llm_d
             "probe_weight_decay": cfg.probe_weight_decay, "probe_selection": cfg.probe_selection, "site": site}
 
 
+_SAEBENCH = "_saebench_probe_selection"
+
+
+def _saebench_selection(cfg: ScrTppConfig) -> ScrTppConfig | None:
+    """The config with SAEBench's probe selection when ours differs (both values are then written)."""
+    return dataclasses.replace(cfg, probe_selection="best_test") if cfg.probe_selection == "final" else None
+
+
 def _n_values(cfg: ScrTppConfig, sae) -> tuple[int, ...]:
     n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
     if not n_values:
@@ -288,15 +297,22 @@ def scr(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_c
     n_values = _n_values(cfg, sae)
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
     details = []
+    saebench = _saebench_selection(cfg)
     for i, name in enumerate(cfg.scr_designs):
         train, test, info = scr_sets(name, cfg)
         row = scr_scores(pool, w_dec, train, test, cfg, n_values, seed=cfg.seed + 10 * i)
+        if saebench is not None:  # the same with SAEBench's probes (best test epoch): both values written
+            theirs = scr_scores(pool, w_dec, train, test, saebench, n_values, seed=cfg.seed + 10 * i)
+            row.update({f"{k}_saebench_probe_selection": v for k, v in theirs.items() if k.startswith("scr_")})
         v1 = probe_datasets.CROSSED[name].values1
         details.append({"dataset_name": f"{name}_scr_{v1[0]}_{v1[1]}_results", **row, **info})
         log.info("SCR %s: scr_metric@%d %.3f (biased probe %.3f / %.3f, clean %.3f / %.3f)", name, n_values[-1],
                  row[f"scr_metric_threshold_{n_values[-1]}"], row["biased_probe_accuracy_dir1"],
                  row["biased_probe_accuracy_dir2"], row["llm_clean_accuracy_dir1"], row["llm_clean_accuracy_dir2"])
-    metrics = {"scr_metrics": _mean(details, "scr_")}
+    metrics = {"scr_metrics": {k: v for k, v in _mean(details, "scr_").items() if not k.endswith(_SAEBENCH)}}
+    if saebench is not None:
+        metrics["scr_metrics_saebench_probe_selection"] = {
+            k[: -len(_SAEBENCH)]: v for k, v in _mean(details, "scr_").items() if k.endswith(_SAEBENCH)}
     return results.build("scr", _eval_config(cfg, True, site, model_name, llm_dtype, n_values), metrics, details,
                          sae_cfg, differences=DIFFERENCES)
 
@@ -310,12 +326,19 @@ def tpp(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_c
     n_values = _n_values(cfg, sae)
     w_dec = np.asarray(sae.params["W_dec"], np.float32)
     details, unstructured = [], {}
+    saebench = _saebench_selection(cfg)
     for i, name in enumerate(cfg.tpp_datasets):
         train, test, info = tpp_sets(name, cfg)
         mean, per_class = tpp_scores(pool, w_dec, train, test, cfg, n_values, seed=cfg.seed + 10 * i)
+        if saebench is not None:
+            theirs, _ = tpp_scores(pool, w_dec, train, test, saebench, n_values, seed=cfg.seed + 10 * i)
+            mean.update({f"{k}_saebench_probe_selection": v for k, v in theirs.items() if k.startswith("tpp_")})
         details.append({"dataset_name": f"{name}_tpp_results", **mean, **info})
         unstructured[name] = per_class
         log.info("TPP %s: total@%d %.3f", name, n_values[-1], mean[f"tpp_threshold_{n_values[-1]}_total_metric"])
-    metrics = {"tpp_metrics": _mean(details, "tpp_")}
+    metrics = {"tpp_metrics": {k: v for k, v in _mean(details, "tpp_").items() if not k.endswith(_SAEBENCH)}}
+    if saebench is not None:
+        metrics["tpp_metrics_saebench_probe_selection"] = {
+            k[: -len(_SAEBENCH)]: v for k, v in _mean(details, "tpp_").items() if k.endswith(_SAEBENCH)}
     return results.build("tpp", _eval_config(cfg, False, site, model_name, llm_dtype, n_values), metrics, details,
                          sae_cfg, unstructured=unstructured, differences=DIFFERENCES)
