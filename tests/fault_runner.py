@@ -77,6 +77,10 @@ def _signal_between_checkpoints(sig):
     for c in _CHECKPOINTERS:
         c.manager.wait_until_finished()
     os.kill(os.getpid(), sig)
+    # Python runs the SIGINT handler at its next check, which could fall inside the data loader's own
+    # code (a flake seen once in CI: the interrupt never reached the training loop). An interruptible
+    # sleep here makes the KeyboardInterrupt rise in this frame, as a Ctrl-C between batches does.
+    time.sleep(5)
 
 
 def install(fault: str) -> None:
@@ -85,6 +89,8 @@ def install(fault: str) -> None:
     _remember_checkpointers()
     if name in ("kill_at_step", "sigint_at_step"):
         sig = signal.SIGKILL if name == "kill_at_step" else signal.SIGINT
+        if sig == signal.SIGINT:  # as in a terminal, whatever the test runner's workers inherited (SIG_IGN)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _wrap_batches(lambda step: _signal_between_checkpoints(sig) if step == n else None)
     elif name == "sleep_per_step":
         _wrap_batches(lambda step: time.sleep(n / 1000))

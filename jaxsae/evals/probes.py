@@ -50,16 +50,21 @@ def _fit(x_nd, s_n, c, max_iter: int, tol, weight_n):
     return w, theta[d] - mean @ w
 
 
-def fit_logistic(x_nd, y_n, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
-                 class_weight: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """(w [d], b) of an L2-regularised logistic regression of binary labels y (0/1 or bool).
-    class_weight="balanced" weighs each row by n / (2 * rows of its class), as sklearn does."""
+def _binary_data(x_nd, y_n) -> tuple[jax.Array, np.ndarray]:
     x_nd = jnp.asarray(x_nd, jnp.float32)
     y = np.asarray(y_n)
     if x_nd.ndim != 2 or len(y) != x_nd.shape[0]:
         raise ValueError(f"probe data must be [n, d] with n labels, got {tuple(x_nd.shape)} and {len(y)} labels")
     if len(np.unique(y)) != 2:
         raise ValueError(f"a binary probe needs both classes in its training set, got labels {np.unique(y)}")
+    return x_nd, y
+
+
+def fit_logistic(x_nd, y_n, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
+                 class_weight: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """(w [d], b) of an L2-regularised logistic regression of binary labels y (0/1 or bool).
+    class_weight="balanced" weighs each row by n / (2 * rows of its class), as sklearn does."""
+    x_nd, y = _binary_data(x_nd, y_n)
     yb = y.astype(bool)
     s = jnp.asarray(np.where(yb, 1.0, -1.0), jnp.float32)
     if class_weight not in (None, "balanced"):
@@ -156,12 +161,7 @@ def fit_minibatch(x_nd, y_n, *, batch: int = 16, epochs: int = 20, lr: float = 1
     correlation the probe learns: keep 16 to compare with SAEBench), `epochs` passes.
     The probe after the last epoch is returned. `select_on=(x_test, y_test)` instead keeps the epoch
     with the best accuracy there, as SAEBench does (model selection on its test set)."""
-    x_nd = jnp.asarray(x_nd, jnp.float32)
-    y = np.asarray(y_n)
-    if x_nd.ndim != 2 or len(y) != x_nd.shape[0]:
-        raise ValueError(f"probe data must be [n, d] with n labels, got {tuple(x_nd.shape)} and {len(y)} labels")
-    if len(np.unique(y)) != 2:
-        raise ValueError(f"a binary probe needs both classes in its training set, got labels {np.unique(y)}")
+    x_nd, y = _binary_data(x_nd, y_n)
     xt, yt = (x_nd[:1], y[:1]) if select_on is None else select_on
     p = _fit_minibatch(x_nd, jnp.asarray(y, jnp.float32), jnp.asarray(xt, jnp.float32),
                        jnp.asarray(np.asarray(yt), jnp.float32), jax.random.key(seed), jnp.float32(lr),

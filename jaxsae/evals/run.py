@@ -185,71 +185,64 @@ def _already(out_dir: str, eval_type_id: str, ident: dict) -> dict | None:
     return old["eval_result_metrics"]
 
 
-def _absorption(export_dir, data, out_dir, cfg: AbsorptionConfig, progress: bool, lm) -> dict:
+def _once(eval_type_id: str, export_dir, data, out_dir, cfg, lm, compute) -> dict:
+    """Run `compute(model, tokenizer, sae, identity) -> result` and write OUT/evals/{eval_type_id}.json,
+    unless that file already holds this very evaluation; returns its metrics."""
     ident = _eval_identity(export_dir, data, cfg)
-    done = _already(out_dir, "absorption_first_letter", ident)
+    done = _already(out_dir, eval_type_id, ident)
     if done is not None:
         return done
     model_lm, tok = lm()
-    st = os.stat(ident["model"])
-    model_key = hashlib.sha256(json.dumps([ident["model"], st.st_size, st.st_mtime_ns, ident["dtype"]]).encode())
-    model_key = model_key.hexdigest()[:16]
-    cache = os.path.join(out_dir, "absorption_cache", model_key)  # activations: a killed run resumes from them
-    result = absorption.run(model_lm, saelens.load(export_dir), ident["site"], tok, cfg, sae_cfg=_sae_cfg(export_dir),
-                            model_name=os.path.basename(ident["model"]), llm_dtype=data.lm.dtype, cache_dir=cache,
-                            progress=progress)
+    result = compute(model_lm, tok, saelens.load(export_dir), ident)
     result["eval_config"]["identity"] = ident
     results.write(out_dir, result)
     return result["eval_result_metrics"]
+
+
+def _common(ident: dict, export_dir: str) -> dict:
+    return {"sae_cfg": _sae_cfg(export_dir), "model_name": os.path.basename(ident["model"])}
+
+
+def _absorption(export_dir, data, out_dir, cfg: AbsorptionConfig, progress: bool, lm) -> dict:
+    def compute(model_lm, tok, sae, ident):
+        st = os.stat(ident["model"])
+        key = hashlib.sha256(json.dumps([ident["model"], st.st_size, st.st_mtime_ns, ident["dtype"]]).encode())
+        cache = os.path.join(out_dir, "absorption_cache", key.hexdigest()[:16])  # a killed run resumes from it
+        return absorption.run(model_lm, sae, ident["site"], tok, cfg, llm_dtype=data.lm.dtype, cache_dir=cache,
+                              progress=progress, **_common(ident, export_dir))
+
+    return _once("absorption_first_letter", export_dir, data, out_dir, cfg, lm, compute)
 
 
 def _ravel(export_dir, data, out_dir, cfg: RavelConfig, progress: bool, lm) -> dict:
-    ident = _eval_identity(export_dir, data, cfg)
-    done = _already(out_dir, "ravel", ident)
-    if done is not None:
-        return done
-    model_lm, tok = lm()
-    result = ravel.run(model_lm, saelens.load(export_dir), ident["site"], tok, cfg, sae_cfg=_sae_cfg(export_dir),
-                       model_name=os.path.basename(ident["model"]), llm_dtype=data.lm.dtype, progress=progress)
-    result["eval_config"]["identity"] = ident
-    results.write(out_dir, result)
-    return result["eval_result_metrics"]
+    def compute(model_lm, tok, sae, ident):
+        return ravel.run(model_lm, sae, ident["site"], tok, cfg, llm_dtype=data.lm.dtype, progress=progress,
+                         **_common(ident, export_dir))
+
+    return _once("ravel", export_dir, data, out_dir, cfg, lm, compute)
 
 
 def _unlearning(export_dir, data, out_dir, cfg: UnlearningConfig, progress: bool, lm) -> dict:
-    ident = _eval_identity(export_dir, data, cfg)
-    done = _already(out_dir, "unlearning", ident)
-    if done is not None:
-        return done
-    model_lm, tok = lm()
-    name, forget, retain = unlearning.topic_proxy(cfg.forget_topic, n=cfg.texts_per_side)
-    result = unlearning.run(model_lm, saelens.load(export_dir), ident["site"], tok, forget, retain, cfg, data_name=name,
-                            sae_cfg=_sae_cfg(export_dir), model_name=os.path.basename(ident["model"]),
-                            progress=progress)
-    result["eval_config"]["identity"] = ident
-    results.write(out_dir, result)
-    return result["eval_result_metrics"]
+    def compute(model_lm, tok, sae, ident):
+        name, forget, retain = unlearning.topic_proxy(cfg.forget_topic, n=cfg.texts_per_side)
+        return unlearning.run(model_lm, sae, ident["site"], tok, forget, retain, cfg, data_name=name,
+                              progress=progress, **_common(ident, export_dir))
+
+    return _once("unlearning", export_dir, data, out_dir, cfg, lm, compute)
 
 
 def _probing(name: str, export_dir, data, out_dir, cfg, progress: bool, lm, pools: dict) -> dict:
     """One probing evaluation (sparse_probing, scr or tpp) into OUT/evals/, skipped when the file
-    there already holds it (same export, model, site and config)."""
-    ident = _eval_identity(export_dir, data, cfg)
-    done = _already(out_dir, name, ident)
-    if done is not None:
-        return done
-    site, model = ident["site"], ident["model"]
-    model_lm, tok = lm()
-    if cfg.context not in pools:
-        pools[cfg.context] = pooled.Pooler(model_lm, saelens.load(export_dir), site, tok, cfg.context,
-                                           cfg.batch_prompts, progress)
-    run_fn = {"sparse_probing": sparse_probing.run_suite, "scr": scr_tpp.scr, "tpp": scr_tpp.tpp}[name]
-    result = run_fn(model_lm, pools[cfg.context].sae, site, tok, cfg, sae_cfg=_sae_cfg(export_dir),
-                    model_name=os.path.basename(model), llm_dtype=data.lm.dtype, progress=progress,
-                    pooler=pools[cfg.context])
-    result["eval_config"]["identity"] = ident
-    results.write(out_dir, result)
-    return result["eval_result_metrics"]
+    there already holds it (same export, model, site and config); `pools` shares pooled activations."""
+    def compute(model_lm, tok, sae, ident):
+        if cfg.context not in pools:
+            pools[cfg.context] = pooled.Pooler(model_lm, sae, ident["site"], tok, cfg.context, cfg.batch_prompts,
+                                               progress)
+        run_fn = {"sparse_probing": sparse_probing.run_suite, "scr": scr_tpp.scr, "tpp": scr_tpp.tpp}[name]
+        return run_fn(model_lm, pools[cfg.context].sae, ident["site"], tok, cfg, llm_dtype=data.lm.dtype,
+                      progress=progress, pooler=pools[cfg.context], **_common(ident, export_dir))
+
+    return _once(name, export_dir, data, out_dir, cfg, lm, compute)
 
 
 def _identity(export_dir: str, data: DataConfig, site: str, seed: int, windows: int, downstream_windows: int,

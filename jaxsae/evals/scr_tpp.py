@@ -274,30 +274,24 @@ def _saebench_selection(cfg: ScrTppConfig) -> ScrTppConfig | None:
     return dataclasses.replace(cfg, probe_selection="best_test") if cfg.probe_selection == "final" else None
 
 
-def _n_values(cfg: ScrTppConfig, sae) -> tuple[int, ...]:
-    n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
-    if not n_values:
-        raise ValueError(f"SCR/TPP: every n in n_values {cfg.n_values} exceeds the dictionary's {sae.d_sae} latents")
-    return n_values
-
-
-def _pooler(lm, sae, site, tokenizer, cfg, progress, pooler):
+def _setup(lm, sae, site, tokenizer, cfg: ScrTppConfig, progress: bool, pooler):
+    """(validated config, pooled activations, n values the dictionary allows, W_dec, SAEBench's config)."""
+    cfg = cfg.validate()
     pool = pooler or pooled_lib.Pooler(lm, sae, site, tokenizer, cfg.context, cfg.batch_prompts, progress)
     if pool.context != cfg.context:
         raise ValueError(f"SCR/TPP: the shared activations use context {pool.context}, the config {cfg.context}")
-    return pool
+    n_values = tuple(n for n in cfg.n_values if n <= sae.d_sae)
+    if not n_values:
+        raise ValueError(f"SCR/TPP: every n in n_values {cfg.n_values} exceeds the dictionary's {sae.d_sae} latents")
+    return cfg, pool, n_values, np.asarray(sae.params["W_dec"], np.float32), _saebench_selection(cfg)
 
 
 def scr(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_cfg: dict | None = None,
         model_name: str = "", llm_dtype: str = "float32", progress: bool = True,
         pooler: pooled_lib.Pooler | None = None) -> dict:
     """The SCR result (SAEBench schema, eval_type_id "scr") of `sae` at `site` of `lm`."""
-    cfg = cfg.validate()
-    pool = _pooler(lm, sae, site, tokenizer, cfg, progress, pooler)
-    n_values = _n_values(cfg, sae)
-    w_dec = np.asarray(sae.params["W_dec"], np.float32)
+    cfg, pool, n_values, w_dec, saebench = _setup(lm, sae, site, tokenizer, cfg, progress, pooler)
     details = []
-    saebench = _saebench_selection(cfg)
     for i, name in enumerate(cfg.scr_designs):
         train, test, info = scr_sets(name, cfg)
         row = scr_scores(pool, w_dec, train, test, cfg, n_values, seed=cfg.seed + 10 * i)
@@ -321,12 +315,8 @@ def tpp(lm, sae, site: str, tokenizer, cfg: ScrTppConfig = ScrTppConfig(), sae_c
         model_name: str = "", llm_dtype: str = "float32", progress: bool = True,
         pooler: pooled_lib.Pooler | None = None) -> dict:
     """The TPP result (SAEBench schema, eval_type_id "tpp") of `sae` at `site` of `lm`."""
-    cfg = cfg.validate()
-    pool = _pooler(lm, sae, site, tokenizer, cfg, progress, pooler)
-    n_values = _n_values(cfg, sae)
-    w_dec = np.asarray(sae.params["W_dec"], np.float32)
+    cfg, pool, n_values, w_dec, saebench = _setup(lm, sae, site, tokenizer, cfg, progress, pooler)
     details, unstructured = [], {}
-    saebench = _saebench_selection(cfg)
     for i, name in enumerate(cfg.tpp_datasets):
         train, test, info = tpp_sets(name, cfg)
         mean, per_class = tpp_scores(pool, w_dec, train, test, cfg, n_values, seed=cfg.seed + 10 * i)
