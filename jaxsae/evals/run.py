@@ -97,9 +97,10 @@ def evaluate(export_dir: str, data: DataConfig, out_dir: str, evals=("core",), s
     evals/absorption_first_letter.json (activations cached in OUT/absorption_cache/: resumes); ravel ->
     evals/ravel.json (`ravel_config`); unlearning -> evals/unlearning.json (a topic-forgetting proxy:
     `unlearning_config.forget_topic`, one news section, against the others); meta_structure ->
-    evals/meta_structure_decoder_variance.json (its training run in OUT/meta_structure/). Each is skipped when its outputs already hold the same
-    evaluation (meta_structure resumes its training run); autointerp -> evals/autointerp.json, judged
-    by `judge` (default: the evaluated model itself, a smoke test).
+    evals/meta_structure_decoder_variance.json (its training run in OUT/meta_structure/); autointerp ->
+    evals/autointerp.json, judged by `judge` (default: the evaluated model itself, a smoke test).
+    Each is skipped when its outputs already hold the same evaluation (meta_structure resumes its
+    training run).
     `model`: an already loaded (lm, tokenizer) for data.lm, else it is loaded on first use.
     Returns {eval name: its metrics}."""
     evals = check_evals(evals)
