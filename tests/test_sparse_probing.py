@@ -84,6 +84,7 @@ def test_result_loads_in_saebench(tiny):
     sae_m = r["eval_result_metrics"]["sae"]
     assert sae_m["sae_top_2_test_accuracy"] is None and 0 <= sae_m["sae_top_5_test_accuracy"] <= 1
     assert "full_width_probes" in r["eval_config"]["jaxsae"]["differences_from_saebench"]
+    assert 0 <= sae_m["sae_test_accuracy_saebench_probe_selection"] <= 1  # the fixed bug: SAEBench's value too
     again = sp.run_suite(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)
     assert again["eval_result_details"] == r["eval_result_details"]  # seeded: the same tasks and probes
 

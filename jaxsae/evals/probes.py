@@ -108,9 +108,9 @@ def one_vs_rest(labels_n, positive, n_per_side: int, rng: np.random.Generator) -
     return idx, np.concatenate([np.ones(n_per_side, np.int32), np.zeros(n_per_side, np.int32)])
 
 
-@functools.partial(jax.jit, static_argnames=("batch", "epochs", "keep_best_test"))
+@functools.partial(jax.jit, static_argnames=("batch", "epochs", "keep_best_test", "patience"))
 def _fit_minibatch(x_nd, y_n, x_test, y_test, key, lr, l1, weight_decay, batch: int, epochs: int,
-                   keep_best_test: bool):
+                   keep_best_test: bool, patience: int):
     n, d = x_nd.shape
     steps = -(-n // batch)
     opt = optax.adamw(lr, weight_decay=weight_decay)  # torch.optim.AdamW's defaults (b1 .9, b2 .999, eps 1e-8)
@@ -131,7 +131,7 @@ def _fit_minibatch(x_nd, y_n, x_test, y_test, key, lr, l1, weight_decay, batch: 
         return jnp.mean(((x @ p["w"] + p["b"]) > 0) == (y > 0.5))
 
     def epoch(carry, k):
-        p, state, best_p, best_acc = carry
+        p, state, best_p, best_acc, since = carry
         order = jnp.concatenate([jax.random.permutation(k, n), jnp.zeros((steps * batch - n,), jnp.int32)])
         valid = (jnp.arange(steps * batch) < n).astype(jnp.float32)
 
@@ -145,25 +145,29 @@ def _fit_minibatch(x_nd, y_n, x_test, y_test, key, lr, l1, weight_decay, batch: 
 
         (p, state), _ = jax.lax.scan(step, (p, state), jnp.arange(steps))
         acc = accuracy_of(p, x_test, y_test)
-        better = acc > best_acc
+        better = (acc > best_acc) & (since < patience)  # early stopping: after `patience` flat epochs, frozen
         best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
-        return (p, state, best_p, jnp.maximum(acc, best_acc)), None
+        since = jnp.where(better, 0, since + 1)
+        return (p, state, best_p, jnp.where(better, acc, best_acc), since), None
 
-    init = (params, opt.init(params), params, jnp.float32(-1.0))
-    (p, _, best_p, _), _ = jax.lax.scan(epoch, init, jax.random.split(key, epochs))
+    init = (params, opt.init(params), params, jnp.float32(-1.0), jnp.int32(0))
+    (p, _, best_p, _, _), _ = jax.lax.scan(epoch, init, jax.random.split(key, epochs))
     return best_p if keep_best_test else p
 
 
 def fit_minibatch(x_nd, y_n, *, batch: int = 16, epochs: int = 20, lr: float = 1e-3, l1: float = 1e-3,
-                  weight_decay: float = 0.01, seed: int = 0, select_on=None) -> tuple[jax.Array, jax.Array]:
+                  weight_decay: float = 0.01, seed: int = 0, select_on=None,
+                  patience: int | None = None) -> tuple[jax.Array, jax.Array]:
     """(w [d], b) of SAEBench's SCR/TPP probe: a linear logit trained by AdamW on mean binary
     cross-entropy + l1 * ||w||_1, minibatches of `batch` (the batch size sets how much of a spurious
     correlation the probe learns: keep 16 to compare with SAEBench), `epochs` passes.
     The probe after the last epoch is returned. `select_on=(x_test, y_test)` instead keeps the epoch
-    with the best accuracy there, as SAEBench does (model selection on its test set)."""
+    with the best accuracy there, as SAEBench does (model selection on its test set), stopping after
+    `patience` epochs without a better one (SAEBench's early stopping)."""
     x_nd, y = _binary_data(x_nd, y_n)
     xt, yt = (x_nd[:1], y[:1]) if select_on is None else select_on
     p = _fit_minibatch(x_nd, jnp.asarray(y, jnp.float32), jnp.asarray(xt, jnp.float32),
                        jnp.asarray(np.asarray(yt), jnp.float32), jax.random.key(seed), jnp.float32(lr),
-                       jnp.float32(l1), jnp.float32(weight_decay), batch, epochs, select_on is not None)
+                       jnp.float32(l1), jnp.float32(weight_decay), batch, epochs, select_on is not None,
+                       patience if patience is not None else epochs + 1)
     return p["w"], p["b"]

@@ -31,7 +31,8 @@ log = logging.getLogger("jaxsae")
 REPORTED_K = (1, 2, 5, 10, 20, 50, 100)  # SAEBench's result keys; k values not run are written as null
 DIFFERENCES = {
     "full_width_probes": "fit once on the training set and scored once on the test set (SAEBench keeps the "
-                         "epoch with the best test accuracy: model selection on the test set)",
+                         "epoch with the best test accuracy: model selection on the test set). Both are written: "
+                         "{llm,sae}_test_accuracy_saebench_probe_selection is SAEBench's probe and selection",
     "datasets": "offline sets from the sae-probes package (sentiment, news topic, code language, gender, "
                 "country) in place of SAEBench's hub datasets",
     "probe_solver": "L-BFGS on sklearn's LogisticRegression(C) objective, in JAX",
@@ -106,8 +107,8 @@ def build_tasks(name: str, cfg: SparseProbingConfig) -> tuple[list[str], list[Ta
     return prompts, tasks
 
 
-def _probe_accuracies(train_x, y_train, test_x, y_test, k_values, C) -> dict:
-    out = {}
+def _probe_accuracies(train_x, y_train, test_x, y_test, k_values, C, seed: int = 0) -> dict:
+    out = {"saebench": _saebench_full_width(train_x, y_train, test_x, y_test, seed)}
     for k in (None, *k_values):
         cols = np.arange(train_x.shape[1]) if k is None else probes.top_k_by_mean_diff(train_x, y_train, k)
         w, b = probes.fit_logistic(train_x[:, cols], y_train, C=C)
@@ -115,8 +116,16 @@ def _probe_accuracies(train_x, y_train, test_x, y_test, k_values, C) -> dict:
     return out
 
 
+def _saebench_full_width(train_x, y_train, test_x, y_test, seed: int) -> float:
+    """SAEBench's own full-width probe: AdamW 1e-2, batch 250, up to 100 epochs, the epoch with the
+    best *test* accuracy kept (patience 10), that accuracy reported: model selection on the test set."""
+    w, b = probes.fit_minibatch(train_x, y_train, batch=250, epochs=100, lr=1e-2, l1=0.0, weight_decay=0.01, seed=seed,
+                                select_on=(test_x, y_test), patience=10)
+    return probes.accuracy(w, b, test_x, y_test)
+
+
 def _keys(prefix: str, acc: dict, k_values) -> dict:
-    row = {f"{prefix}_test_accuracy": acc[None]}
+    row = {f"{prefix}_test_accuracy": acc[None], f"{prefix}_test_accuracy_saebench_probe_selection": acc["saebench"]}
     for k in REPORTED_K:
         row[f"{prefix}_top_{k}_test_accuracy"] = acc[k] if k in k_values else None
     return row
