@@ -16,3 +16,15 @@ def n_devices():
     n = jax.device_count()
     assert n == 8, f"expected 8 fake CPU devices, got {n}: XLA_FLAGS was set too late"
     return n
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_tok(tmp_path_factory):
+    """(model, tokenizer) of the 2-layer tiny Llama with a real BPE tokenizer (tests/tiny_lm.py), built
+    once per test process for every eval test that needs a language model."""
+    from tiny_lm import make_tiny_lm
+
+    from jaxsae import models
+
+    d = make_tiny_lm(str(tmp_path_factory.mktemp("tiny_lm")), layers=2)
+    return models.load(d), models.load_tokenizer(d)

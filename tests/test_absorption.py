@@ -11,10 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
-from jaxsae import models
 from jaxsae.dictionaries.base import LossContext
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import absorption as ab
@@ -113,19 +111,13 @@ def test_absorption_on_toy_parent_child_features():
         assert carried[child_t[rows]].mean() < carried[~child_t[rows]].mean() - 0.1, det
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
-
-
 def _pos(tok) -> int:
     """The word's position from the end for this tokenizer (-6 on SmolLM2's and Gemma's, SAEBench's value)."""
     return -(len(tok.encode(" has the first letter:")) + 1)
 
 
-def test_prompts_read_the_word_token(tiny):
-    _, tok = tiny
+def test_prompts_read_the_word_token(tiny_lm_tok):
+    _, tok = tiny_lm_tok
     cfg = ab.AbsorptionConfig(max_words=60, max_icl_examples=3, prompt_token_pos=_pos(tok))
     data = ab.dataset(tok, cfg)
     row = data["test"]["tokens"][0]
@@ -136,10 +128,10 @@ def test_prompts_read_the_word_token(tiny):
     assert len(data["train"]["words"]) + len(data["test"]["words"]) + data["dropped"] == 60
 
 
-def test_lm_result_gate_saebench_schema_and_resume(tiny, tmp_path):
+def test_lm_result_gate_saebench_schema_and_resume(tiny_lm_tok, tmp_path):
     from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     spec = D.build("topk", d_in=32, d_sae=64, k=8)
     sae = SAE(spec, spec.init(jax.random.key(0)))
     site = "blocks.1.hook_resid_post"

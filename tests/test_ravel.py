@@ -6,10 +6,9 @@ known (swapping at the last position decides the next token), and the SAEBench-s
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
-from jaxsae import generate, models, sites
+from jaxsae import generate, sites
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import ravel
 
@@ -23,14 +22,8 @@ def _exact_sae(d):
                       "W_dec": jnp.asarray(np.concatenate([eye, -eye], 0)), "b_dec": jnp.zeros(d)})
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
-
-
-def test_facts_prompts_and_completion_check(tiny):
-    _, tok = tiny
+def test_facts_prompts_and_completion_check(tiny_lm_tok):
+    _, tok = tiny_lm_tok
     countries = ravel.facts("country", 300)
     assert countries["France"] == {"Capital": "Paris", "Continent": "Europe", "Language": "French"}
     assert countries["Japan"]["Language"] == "Japanese"
@@ -51,8 +44,8 @@ def _prompt(tokens):
     return ravel.Prompt("e", "A", "", list(tokens), len(tokens) - 1, "")
 
 
-def test_intervention_off_is_identity_and_on_is_a_patch(tiny):
-    lm, _ = tiny
+def test_intervention_off_is_identity_and_on_is_a_patch(tiny_lm_tok):
+    lm, _ = tiny_lm_tok
     sae = _exact_sae(32)
     rng = np.random.default_rng(0)
     base = rng.integers(1, 300, size=(3, 6)).astype(np.int32)
@@ -74,8 +67,8 @@ def test_intervention_off_is_identity_and_on_is_a_patch(tiny):
             np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_mdbm_learns_the_mask_where_the_answer_is_known(tiny):
-    lm, tok = tiny
+def test_mdbm_learns_the_mask_where_the_answer_is_known(tiny_lm_tok):
+    lm, tok = tiny_lm_tok
     sae = _exact_sae(32)
     cfg = ravel.RavelConfig(n_generated_tokens=1, llm_batch_size=8, num_epochs=20, learning_rate=0.1)
     rng = np.random.default_rng(1)
@@ -106,10 +99,10 @@ def test_mdbm_learns_the_mask_where_the_answer_is_known(tiny):
     assert kept >= moved + 0.3, (kept, moved)  # each mask does what its pairs asked
 
 
-def test_result_schema_and_not_scored_path(tiny):
+def test_result_schema_and_not_scored_path(tiny_lm_tok):
     from sae_bench.evals.ravel.eval_output import RAVELEvalOutput
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     cfg = ravel.RavelConfig(entity_types=("country",), candidate_entities=20, top_n_entities=20,
                             num_pairs_per_attribute=8, llm_batch_size=8)
     r = ravel.run(lm, _exact_sae(32), SITE, tok, cfg, progress=False)
@@ -125,12 +118,12 @@ def test_result_schema_and_not_scored_path(tiny):
     np.testing.assert_array_equal(both[0], np.asarray(generate.greedy(lm, np.asarray([rows[0]]), 2))[0])
 
 
-def test_tail_gradient_equals_the_whole_model_gradient(tiny):
+def test_tail_gradient_equals_the_whole_model_gradient(tiny_lm_tok):
     """The MDBM at a residual site differentiates through the layers after the site only; the same
     loss and gradient as through the whole spliced model (the path other sites take)."""
     from penzai import pz
 
-    lm, _ = tiny
+    lm, _ = tiny_lm_tok
     sae = _exact_sae(32)
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 300, size=(4, 6)).astype(np.int32)

@@ -8,10 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
-from jaxsae import models
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import pooled as pooled_lib
 from jaxsae.evals import probe_datasets, probes
@@ -182,16 +180,10 @@ def test_sets_follow_saebench_construction():
         st.ScrTppConfig(probe_selection="best").validate()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
-
-
-def test_results_load_in_saebench_and_share_one_forward(tiny):
+def test_results_load_in_saebench_and_share_one_forward(tiny_lm_tok):
     from sae_bench.evals.scr_and_tpp.eval_output import ScrEvalOutput, TppEvalOutput
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     site = "blocks.1.hook_resid_post"
     spec = D.build("topk", d_in=32, d_sae=64, k=8)
     sae = SAE(spec, spec.init(jax.random.key(0)))
@@ -219,8 +211,8 @@ def test_results_load_in_saebench_and_share_one_forward(tiny):
         assert k in scr["eval_config"]["jaxsae"]["differences_from_saebench"]
 
 
-def test_sparse_probing_on_any_labelled_text(tiny):
-    lm, tok = tiny
+def test_sparse_probing_on_any_labelled_text(tiny_lm_tok):
+    lm, tok = tiny_lm_tok
     site = "blocks.1.hook_resid_post"
     rng = np.random.default_rng(0)
     words = ["the", "and", "of", "to", "in", "that", "is", "with"]

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
 from jaxsae import models, sites
@@ -49,14 +48,8 @@ def test_tasks_are_balanced_and_disjoint():
         sp.build_tasks("gender", sp.SparseProbingConfig(train_size=6000, test_size=100))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
-
-
-def test_pooled_features_are_means_over_text_tokens(tiny):
-    lm, tok = tiny
+def test_pooled_features_are_means_over_text_tokens(tiny_lm_tok):
+    lm, tok = tiny_lm_tok
     site = "blocks.1.hook_resid_post"
     prompts = ["The king is dead.", "Long live the queen, my lord", "o", "What light through yonder window breaks"]
     tokens = pooled_lib.tokenize(prompts, tok, 12)
@@ -72,10 +65,10 @@ def test_pooled_features_are_means_over_text_tokens(tiny):
     np.testing.assert_allclose(lat, np.stack([f[i][mask[i]].mean(0) for i in range(4)]), rtol=1e-5, atol=1e-6)
 
 
-def test_result_loads_in_saebench(tiny):
+def test_result_loads_in_saebench(tiny_lm_tok):
     from sae_bench.evals.sparse_probing.eval_output import SparseProbingEvalOutput
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     cfg = sp.SparseProbingConfig(datasets=("sentiment", "country"), train_size=40, test_size=20, context=16,
                                  k_values=(1, 5), batch_prompts=8)
     r = sp.run_suite(lm, _identity_sae(32), "blocks.1.hook_resid_post", tok, cfg, progress=False)

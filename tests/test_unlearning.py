@@ -7,10 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_lm import make_tiny_lm
 
 from jaxsae import dictionaries as D
-from jaxsae import models
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import unlearning as ul
 
@@ -41,16 +39,10 @@ def test_selection_obeys_the_retain_threshold():
     assert np.nonzero(ul.select(forget, retain, 0.01, 10))[0].tolist() == [1, 2, 4]  # never-firing latent 3 skipped
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
-
-
-def test_known_answer_and_schema(tiny):
+def test_known_answer_and_schema(tiny_lm_tok):
     from sae_bench.evals.unlearning.eval_output import UnlearningEvalOutput
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     word = next(w for w in (" the", " and", " of", " to") if len(tok.encode(w)) == 1)
     target = tok.encode(word)[0]
     vocab = [w for w in (" king", " my", " lord", " good", " sir", " come", " you", " love", " is", " not", " me",
@@ -92,13 +84,13 @@ def test_known_answer_and_schema(tiny):
     assert name == "topic_forgetting_proxy:news/Sport" and len(f) == len(rt) == 20 and not set(f) & set(rt)
 
 
-def test_resumed_scoring_equals_the_spliced_model(tiny):
+def test_resumed_scoring_equals_the_spliced_model(tiny_lm_tok):
     """At a residual site the clamp is scored by running only the layers after it; the same numbers
     as the whole spliced model (the generic path, used at other sites)."""
     from jaxsae.data import tokens as tokens_lib
     from jaxsae.evals import pooled
 
-    lm, tok = tiny
+    lm, tok = tiny_lm_tok
     spec = D.build("relu", d_in=32, d_sae=64)
     sae = SAE(spec, spec.init(jax.random.key(3)))
     texts = ["the king is dead, long live the king", "my lord, what news", "to be or not to be", "good sir"] * 3
