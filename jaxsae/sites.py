@@ -8,6 +8,9 @@
   blocks.{L}.ln2.hook_normalized the MLP's normalised input
   blocks.{L}.attn.hook_z         per-head attention output before the output projection,
                                  [batch, seq, heads, head_dim] (grouped heads flattened group-major)
+  blocks.{L}.attn.hook_q         per-head queries (after RoPE and the query scaling), [batch, seq, heads, head_dim]
+  blocks.{L}.attn.hook_k / hook_v per-key-value-head keys (after RoPE) and values, [batch, seq, kv_heads, head_dim]
+  blocks.{L}.attn.hook_pattern   attention probabilities, [batch, heads, query_seq, key_seq]
 
 Blocks with two residual sublayers (Llama, Gemma, GPT-2, sequential GPT-NeoX) have every site;
 parallel-residual blocks (Pythia: y = x + attn(ln1 x) + mlp(ln2 x)) have all but hook_resid_mid.
@@ -31,7 +34,8 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 
 KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln2.hook_normalized",
-         "attn.hook_z")
+         "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
+HEAD_KINDS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")  # per-head values
 _SITE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in KINDS) + ")$")
 
 
@@ -45,12 +49,12 @@ def parse(site: str) -> tuple[int, str]:
 
 def require_reconstruction(sae, site: str, what: str) -> None:
     """Refuse a dictionary an evaluation cannot use: one that does not rebuild its own site
-    (transcoders) or reads per-head vectors (attn.hook_z): `what` names the evaluation."""
+    (transcoders) or reads per-head vectors (attn.hook_z etc.): `what` names the evaluation."""
     if sae.spec.is_transcoder:
         raise ValueError(f"{what} reads and writes the dictionary's own site; this dictionary is a transcoder. "
                          "Evaluate an SAE, or use the core evaluation for transcoders")
-    if parse(site)[1] == "attn.hook_z":
-        raise ValueError(f"{what} of attn.hook_z (per-head) dictionaries is not supported; train the dictionary "
+    if parse(site)[1] in HEAD_KINDS:
+        raise ValueError(f"{what} of {parse(site)[1]} (per-head) dictionaries is not supported; train the dictionary "
                          "on a residual, MLP or attention-output site")
 
 
@@ -82,14 +86,24 @@ def _after_leading_hooks(parts: list, at: int) -> int:
 
 
 def _attention_path(path, layers: dict[str, pz.nn.Layer]):
-    """The attention sublayer path with hook_z (inside the attention) and hook_attn_out (at its end)."""
-    if "attn.hook_z" in layers:
-        def with_z(attn):
-            parts = list(attn.attn_value_to_output.sublayers)  # [weights x values einsum, output projection]
-            parts.insert(_after_leading_hooks(parts, 1), layers["attn.hook_z"])
-            return dataclasses.replace(attn, attn_value_to_output=pz.nn.Sequential(parts))
+    """The attention sublayer path with the per-head sites inside the attention (q, k, v at the end
+    of their projections, the pattern after the softmax, z before the output projection) and
+    hook_attn_out at its end."""
+    inner = {k: layers[k] for k in HEAD_KINDS if k in layers}
+    if inner:
+        def with_heads(attn):
+            new = {}
+            for kind, field in (("attn.hook_q", "input_to_query"), ("attn.hook_k", "input_to_key"),
+                                ("attn.hook_v", "input_to_value"), ("attn.hook_pattern", "query_key_to_attn")):
+                if kind in inner:
+                    new[field] = pz.nn.Sequential([*getattr(attn, field).sublayers, inner[kind]])
+            if "attn.hook_z" in inner:
+                parts = list(attn.attn_value_to_output.sublayers)  # [weights x values einsum, output projection]
+                parts.insert(_after_leading_hooks(parts, 1), inner["attn.hook_z"])
+                new["attn_value_to_output"] = pz.nn.Sequential(parts)
+            return dataclasses.replace(attn, **new)
 
-        path = pz.select(path).at_instances_of(pz.nn.Attention).apply(with_z)
+        path = pz.select(path).at_instances_of(pz.nn.Attention).apply(with_heads)
     if "hook_attn_out" in layers:
         path = pz.nn.Sequential([path, layers["hook_attn_out"]])
     return path
@@ -207,6 +221,12 @@ _call_tail = pz.variable_jit(apply_tail)
 def _positional(value: pz.nx.NamedArray) -> tuple[jax.Array, tuple[str, ...], tuple[int, ...]]:
     """Named site value -> (array [batch, seq, d] or, for attention heads, [batch, seq, heads,
     head_dim] with grouped head axes flattened), its axis order, and the unflattened shape."""
+    if "kv_seq" in value.named_shape:  # attention pattern -> [batch, heads, query_seq, key_seq]
+        lead = [n for n in ("batch",) if n in value.named_shape]
+        heads = [n for n in value.named_shape if n not in ("batch", "seq", "kv_seq")]
+        names = (*lead, *heads, "seq", "kv_seq")
+        array = value.untag(*names).unwrap()
+        return array.reshape(*array.shape[: len(lead)], -1, *array.shape[-2:]), names, array.shape
     lead = [n for n in ("batch", "seq") if n in value.named_shape]
     rest = [n for n in value.named_shape if n not in lead and n != "projection"]
     names = (*lead, *rest, *(["projection"] if "projection" in value.named_shape else []))
@@ -268,7 +288,7 @@ def splice_sae(lm, site: str, sae, keep_error: bool = False):
     whose width does not match the site is refused here (or, for attn.hook_z, when first called)."""
     _, kind = parse(site)
     width = model_width(lm)
-    if kind != "attn.hook_z" and width is not None and sae.d_in != width:
+    if kind not in HEAD_KINDS and width is not None and sae.d_in != width:
         raise ValueError(f"splice_sae at {site}: the dictionary reads vectors of width d_in={sae.d_in} but this "
                          f"model's {kind} has width {width}; use a dictionary trained on this site of this model")
     return splice(lm, site, _SaeOut(site, keep_error), sae)

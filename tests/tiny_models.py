@@ -93,13 +93,15 @@ def hf_sites(hf, kind, layer, tokens, parallel=False):
              mlp_add.register_forward_hook(lambda m, i, o: caps.__setitem__("mlp", first(o))),
              blk.register_forward_hook(lambda m, i, o: caps.__setitem__("post", first(o)))]
     with torch.no_grad():
-        logits = hf(torch.from_numpy(tokens)).logits.numpy()
+        out = hf(torch.from_numpy(tokens), output_attentions=True)
+        logits = out.logits.numpy()
     for h in hooks:
         h.remove()
     b, t = tokens.shape
     n_heads = hf.config.num_attention_heads if kind != "gpt2" else hf.config.n_head
     want = {"hook_resid_pre": caps["pre"], "hook_attn_out": caps["attn"], "ln2.hook_normalized": caps["mlp_in"],
-            "hook_mlp_out": caps["mlp"], "hook_resid_post": caps["post"], "attn.hook_z": caps["z"].reshape(b, t, n_heads, -1)}
+            "hook_mlp_out": caps["mlp"], "hook_resid_post": caps["post"], "attn.hook_z": caps["z"].reshape(b, t, n_heads, -1),
+            "attn.hook_pattern": out.attentions[layer]}
     if not parallel:
         want["hook_resid_mid"] = caps["pre"] + caps["attn"]
     return logits, {f"blocks.{layer}.{k}": v.numpy() for k, v in want.items()}

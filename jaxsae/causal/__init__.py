@@ -1,0 +1,33 @@
+"""Causal toolkit: every intervention a pure model -> model rewrite (Penzai surgery on jaxsae's
+hook sites) that composes with jit, vmap, grad and the mesh.
+
+  patch(lm, clean, corrupt, sites, metric)            activation patching grids (interventions.py,
+  path_patch(...)                                     patching.py), path patching
+  attribution_patch(..., method="atp"|"ig")           AtP / integrated gradients, SAE latents and
+                                                      error nodes (attribution.py)
+  logit_diff, logprob, next_token_logprob, loss, kl   metrics (metrics.py)
+  knock_out_heads, freeze_norms                       interventions.py
+  induction_scores, previous_token_scores, ...        heads.py
+"""
+
+from jaxsae.causal.attribution import attribution_patch
+from jaxsae.causal.heads import (
+           induction_scores,
+           patterns,
+           previous_token_scores,
+           repeated_tokens,
+)
+from jaxsae.causal.interventions import freeze_norms, knock_out_heads
+from jaxsae.causal.metrics import (
+           kl,
+           logit_diff,
+           logprob,
+           loss,
+           next_token_logprob,
+           normalized_effect,
+)
+from jaxsae.causal.patching import patch, path_patch
+
+__all__ = ["attribution_patch", "freeze_norms", "induction_scores", "kl", "knock_out_heads", "logit_diff", "logprob",
+           "loss", "next_token_logprob", "normalized_effect", "patch", "path_patch", "patterns",
+           "previous_token_scores", "repeated_tokens"]
