@@ -28,3 +28,12 @@ def tiny_lm_tok(tmp_path_factory):
 
     d = make_tiny_lm(str(tmp_path_factory.mktemp("tiny_lm")), layers=2)
     return models.load(d), models.load_tokenizer(d)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the packaged SmolLM2-135M-Instruct, loaded once per test process."""
+    from jaxsae import models, packaged
+
+    path = packaged.smollm2_path()
+    return models.load(path), models.load_tokenizer(path)

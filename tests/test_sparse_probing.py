@@ -83,11 +83,8 @@ def test_result_loads_in_saebench(tiny_lm_tok):
 
 
 @pytest.mark.slow
-def test_smollm2_sentiment_probe_beats_chance():
-    from jaxsae import packaged
-
-    path = packaged.smollm2_path()
-    lm, tok = models.load(path), models.load_tokenizer(path)
+def test_smollm2_sentiment_probe_beats_chance(smollm2):
+    lm, tok = smollm2
     cfg = sp.SparseProbingConfig(datasets=("sentiment",), train_size=1000, test_size=200, context=32, k_values=(1, 5))
     r = sp.run_suite(lm, _identity_sae(576), "blocks.15.hook_resid_post", tok, cfg, progress=False)
     m = r["eval_result_metrics"]  # measured: llm 0.815, exact-dictionary sae 0.785 (chance 0.5)
