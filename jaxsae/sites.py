@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,7 @@ class Tap(pz.nn.Layer):
     """Records the value passing through under a state variable labelled with the site name."""
 
     saved: pz.StateVariable
+    inserted_at_site: ClassVar[bool] = True  # a layer a rewrite put at a site (see _after_leading_hooks)
 
     @classmethod
     def named(cls, site: str) -> Tap:
@@ -78,9 +79,9 @@ def _blocks(lm) -> list:
 
 
 def _after_leading_hooks(parts: list, at: int) -> int:
-    """The index after any Taps/Splices already inserted at `at` (so a tap added after a splice
-    sees the spliced value)."""
-    while at < len(parts) and isinstance(parts[at], (Tap, Splice)):
+    """The index after any layers already inserted at `at` (Taps, Splices, steering: every layer
+    with `inserted_at_site`), so a tap added after a splice sees the spliced value."""
+    while at < len(parts) and getattr(parts[at], "inserted_at_site", False):
         at += 1
     return at
 
@@ -244,6 +245,7 @@ class Splice(pz.nn.Layer):
 
     payload: Any
     fn: Any = dataclasses.field(metadata={"pytree_node": False})
+    inserted_at_site: ClassVar[bool] = True
 
     def __call__(self, value: Any, /, **_side_inputs) -> Any:
         array, names, shape = _positional(value)
