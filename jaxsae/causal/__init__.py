@@ -8,8 +8,11 @@ hook sites) that composes with jit, vmap, grad and the mesh.
   logit_diff, logprob, next_token_logprob, loss, kl   metrics (metrics.py)
   knock_out_heads, freeze_norms                       interventions.py
   induction_scores, previous_token_scores, ...        heads.py
+  steering.add / add_latent / clamp_latents / ...     steering.py; curves in steering_eval.py
+  patchscopes.identity_accuracy / patch_into          patchscopes.py
 """
 
+from jaxsae.causal import patchscopes, steering, steering_eval
 from jaxsae.causal.attribution import attribution_patch
 from jaxsae.causal.heads import (
            induction_scores,
@@ -29,5 +32,5 @@ from jaxsae.causal.metrics import (
 from jaxsae.causal.patching import patch, path_patch
 
 __all__ = ["attribution_patch", "freeze_norms", "induction_scores", "kl", "knock_out_heads", "logit_diff", "logprob",
-           "loss", "next_token_logprob", "normalized_effect", "patch", "path_patch", "patterns",
-           "previous_token_scores", "repeated_tokens"]
+           "loss", "next_token_logprob", "normalized_effect", "patch", "patchscopes", "path_patch", "patterns",
+           "previous_token_scores", "repeated_tokens", "steering", "steering_eval"]

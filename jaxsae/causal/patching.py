@@ -139,33 +139,50 @@ def patch(lm, clean_tokens, corrupt_tokens, sites, metric, *, positions=None, di
         raise ValueError(f"the metric is {m_clean:.6g} on both the clean and the corrupted run, so no effect can be "
                          "normalised; choose inputs or a metric that tell them apart")
     cached = jnp.stack([cache_base[r] for r in resid])
-
-    layouts = tuple(iv.value_shape_kind(sites_mod.parse(s)[1]) for s in sites)
     per_site = {s: cells_for(s, cache_base[s].shape, positions) for s in sites}
-    cells = []  # (layer, site index, cell index)
-    for i, s in enumerate(sites):
-        masks, _ = per_site[s]
-        differs = _differs(cache_src[s], cache_base[s], masks, layouts[i])
-        for c in range(len(masks)):
-            if differs[c] or not skip_unchanged:
-                cells.append((sites_mod.parse(s)[0], i, c))
-    cells.sort()
     results = {s: np.full(len(per_site[s][0]), m_base, np.float64) for s in sites}
-    tokens = int(np.prod(base.shape))
-    chunk = max(1, min(len(cells) or 1, tokens_per_call // tokens))
+    cells = []  # (site, cell index)
+    for s in sites:
+        masks = per_site[s][0]
+        differs = _differs(cache_src[s], cache_base[s], masks, iv.value_shape_kind(sites_mod.parse(s)[1]))
+        cells.extend((s, c) for c in range(len(masks)) if differs[c] or not skip_unchanged)
+    values = run_cells(lm, base, {s: cache_src[s] for s in sites}, [(s, per_site[s][0][c]) for s, c in cells],
+                       metric, cached, tokens_per_call)
+    for (s, c), v in zip(cells, values):
+        results[s][c] = v
+    return {s: mx.normalized_effect(results[s], m_clean, m_corrupt).reshape(per_site[s][1]) for s in sites}
+
+
+def run_cells(lm, base_bt, src: dict, cells: list[tuple[str, np.ndarray]], metric, cached_lbsd=None,
+              tokens_per_call: int = 2048) -> np.ndarray:
+    """[n_cells] batch-mean metric of the base run with, per cell, src[site] blended in where the
+    cell's mask is 1 (a mask [seq], [seq, heads] or [heads, q] as `cells_for` builds). Every site
+    in `src` carries a Blend in one compiled program; cells run vmapped in chunks ordered by layer,
+    the blocks before a chunk's first layer replaced by `cached_lbsd` (the base run's
+    hook_resid_post of every block; computed here when None)."""
+    base = jnp.asarray(base_bt, jnp.int32)
+    site_names = tuple(src)
+    if cached_lbsd is None:
+        resid = _resid_sites(lm)
+        _, cache = sites_mod.run_with_cache(lm, base, resid)
+        cached_lbsd = jnp.stack([cache[r] for r in resid])
+    order = sorted(range(len(cells)), key=lambda j: sites_mod.parse(cells[j][0])[0])
+    layouts = tuple(iv.value_shape_kind(sites_mod.parse(s)[1]) for s in site_names)
+    mask_shape = {s: cells_for(s, src[s].shape, "all")[0].shape[1:] for s in site_names}
+    chunk = max(1, min(len(cells) or 1, tokens_per_call // int(np.prod(base.shape))))
     slots, values = iv.freeze(lm)
     mdef, mleaves = mx.split(metric)
-    src = {s: cache_src[s] for s in sites}
-    for at in range(0, len(cells), chunk):
-        part = cells[at : at + chunk]
-        masks = {s: np.zeros((chunk, *per_site[s][0].shape[1:]), np.float32) for s in sites}
-        for j, (_, i, c) in enumerate(part):
-            masks[sites[i]][j] = per_site[sites[i]][0][c]
-        out = np.asarray(_grid_chunk(slots, values, base, src, {s: jnp.asarray(m) for s, m in masks.items()},
-                                     cached, jnp.int32(part[0][0]), mleaves, tuple(sites), layouts, mdef))
-        for j, (_, i, c) in enumerate(part):
-            results[sites[i]][c] = out[j]
-    return {s: mx.normalized_effect(results[s], m_clean, m_corrupt).reshape(per_site[s][1]) for s in sites}
+    out = np.zeros(len(cells), np.float64)
+    for at in range(0, len(order), chunk):
+        part = order[at : at + chunk]
+        masks = {s: np.zeros((chunk, *mask_shape[s]), np.float32) for s in site_names}
+        for j, c in enumerate(part):
+            masks[cells[c][0]][j] = cells[c][1]
+        start = jnp.int32(sites_mod.parse(cells[part[0]][0])[0])
+        got = np.asarray(_grid_chunk(slots, values, base, src, {s: jnp.asarray(m) for s, m in masks.items()},
+                                     cached_lbsd, start, mleaves, site_names, layouts, mdef))
+        out[part] = got[: len(part)]
+    return out
 
 
 def _differs(src, base, masks, layout) -> np.ndarray:
