@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsae import dictionaries as D
-from jaxsae import models, sites
+from jaxsae import sites
 from jaxsae.data import tokens as tokens_lib
 from jaxsae.dictionaries.bound import SAE
 from jaxsae.evals import pooled as pooled_lib

@@ -47,11 +47,11 @@ class GreedyMatch:
 def source_states(lm, source_tokens, layers, positions) -> dict[int, np.ndarray]:
     """{layer: [n, d]} block outputs (hook_resid_post) of each source row at its position."""
     tokens = np.asarray(source_tokens, np.int32)
-    names = [f"blocks.{l}.hook_resid_post" for l in layers]
+    names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     _, cache = sites.run_with_cache(lm, tokens, names)
     rows = np.arange(len(tokens))
     pos = np.broadcast_to(np.asarray(positions), rows.shape)
-    return {l: np.asarray(cache[n])[rows, pos] for l, n in zip(layers, names)}
+    return {layer: np.asarray(cache[n])[rows, pos] for layer, n in zip(layers, names)}
 
 
 def identity_words(tokenizer, words) -> list[str]:
@@ -75,7 +75,7 @@ def identity_accuracy(lm, tokenizer, words, layers=None, target_prompt: str = ID
     poorly); the state of block l's output at the word replaces the target's at block
     l + target_layer_offset."""
     n_blocks = patching.n_blocks(lm)
-    layers = list(range(n_blocks)) if layers is None else [int(l) for l in layers]
+    layers = list(range(n_blocks)) if layers is None else [int(layer) for layer in layers]
     words = identity_words(tokenizer, words)
     if not words:
         raise ValueError("no word passes the identity prompt's tokenisation check (' word' one token, '->word' = "
@@ -96,14 +96,15 @@ def identity_accuracy(lm, tokenizer, words, layers=None, target_prompt: str = ID
     src = source_states(lm, np.asarray([bos + prefix + [w] for w in word_ids], np.int32), layers,
                         len(bos) + len(prefix))
     cells, site_src = [], {}
-    for l in layers:
-        t = l + target_layer_offset
+    for layer in layers:
+        t = layer + target_layer_offset
         if not 0 <= t < n_blocks:
-            raise ValueError(f"target layer {t} (layer {l} + offset {target_layer_offset}) is outside 0..{n_blocks - 1}")
+            raise ValueError(f"target layer {t} (layer {layer} + offset {target_layer_offset}) is outside "
+                             f"0..{n_blocks - 1}")
         site = f"blocks.{t}.hook_resid_post"
-        value = np.zeros((len(rows), rows.shape[1], src[l].shape[-1]), np.float32)
-        value[:, slot] = src[l]
-        site_src.setdefault(site, []).append((l, value))
+        value = np.zeros((len(rows), rows.shape[1], src[layer].shape[-1]), np.float32)
+        value[:, slot] = src[layer]
+        site_src.setdefault(site, []).append((layer, value))
     # one source array per target site; several source layers into one target site run as separate calls
     accuracy = {}
     for rep in range(max(len(v) for v in site_src.values())):
@@ -114,7 +115,7 @@ def identity_accuracy(lm, tokenizer, words, layers=None, target_prompt: str = ID
         got = patching.run_cells(lm, rows, src_now, cells, metric)
         for (s, _), g in zip(cells, got):
             accuracy[site_src[s][rep][0]] = float(g)
-    return {"layers": layers, "accuracy": [accuracy[l] for l in layers], "words": words, "baseline": baseline,
+    return {"layers": layers, "accuracy": [accuracy[layer] for layer in layers], "words": words, "baseline": baseline,
             "target_prompt": target_prompt, "target_layer_offset": target_layer_offset}
 
 
