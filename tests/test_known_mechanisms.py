@@ -1,6 +1,6 @@
 """Known mechanisms, found by the causal toolkit: induction in a 2-layer attention-only model
 trained here (a previous-token head in layer 0 feeding an induction head in layer 1 through its
-keys) and induction heads in the packaged SmolLM2."""
+keys), induction heads in the packaged SmolLM2, and where SmolLM2 recalls a country's capital."""
 
 import jax
 import numpy as np
@@ -8,6 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from jaxsae import causal, sites
+from jaxsae.causal import facts
+from jaxsae.causal import interventions as iv
 from jaxsae.toy import induction
 
 
@@ -122,3 +124,29 @@ def test_smollm2_induction_heads(smollm2):
     top_atp = set(np.argsort(-atp.ravel())[:10].tolist())
     assert len(top_patch & set(order[:10].tolist())) >= 4  # the heads patching finds are induction heads
     assert len(top_patch & top_atp) >= 7  # measured 10 of 10
+
+
+@pytest.mark.slow
+def test_smollm2_factual_recall_moves_from_the_subject_to_the_last_token(smollm2):
+    """"The capital of {country} is" on the countries SmolLM2 knows: denoising the subject's last
+    token from another country's prompt switches the answer while the block input is patched at
+    early and middle layers, and stops mattering once the attribute has moved to the last token
+    (whose patching then takes over)."""
+    lm, tok = smollm2
+    known = facts.capital_facts(lm, tok, n=80)
+    assert len(known) >= 30, len(known)  # measured 46 of 80
+    clean, corrupt, good, bad, pos = facts.paired_batch(facts.length_matched_pairs(known, max_pairs=8))
+    resid = [f"blocks.{i}.hook_resid_pre" for i in range(30)]
+    ld = causal.logit_diff(good, bad)
+    at_subject = np.asarray([v[0] for v in causal.patch(lm, clean, corrupt, resid, ld, positions=[pos]).values()])
+    at_last = np.asarray([v[0] for v in causal.patch(lm, clean, corrupt, resid, ld, positions=[-1]).values()])
+    # measured: subject 1.0 through layer 21, 0.96 at 23, 0.0 from 24; the last token the mirror image
+    assert at_subject[:16].min() > 0.9 and at_subject[26:].max() < 0.2, at_subject
+    assert at_last[:12].max() < 0.1 and at_last[26:].min() > 0.8, at_last
+    site = "blocks.8.hook_resid_pre"
+    _, cache = sites.run_with_cache(lm, clean, [site])
+    mask = np.zeros(clean.shape[1], np.float32)
+    mask[pos] = 1
+    patched = sites.splice(lm, site, iv.Blend("resid"), (cache[site], mask))
+    switched = float((np.asarray(patched(corrupt))[:, -1].argmax(-1) == good).mean())
+    assert switched >= 0.75, switched  # measured 1.0: the other country's capital is named
