@@ -10,9 +10,11 @@ hook sites) that composes with jit, vmap, grad and the mesh.
   induction_scores, previous_token_scores, ...        heads.py
   steering.add / add_latent / clamp_latents / ...     steering.py; curves in steering_eval.py
   patchscopes.identity_accuracy / patch_into          patchscopes.py
+  circuits.discover / faithfulness / write            sparse feature circuits (circuits.py)
+  facts.capital_facts / length_matched_pairs          offline factual-recall prompts (facts.py)
 """
 
-from jaxsae.causal import patchscopes, steering, steering_eval
+from jaxsae.causal import attribution, circuits, facts, patchscopes, steering, steering_eval
 from jaxsae.causal.attribution import attribution_patch
 from jaxsae.causal.heads import (
            induction_scores,
@@ -31,6 +33,6 @@ from jaxsae.causal.metrics import (
 )
 from jaxsae.causal.patching import patch, path_patch
 
-__all__ = ["attribution_patch", "freeze_norms", "induction_scores", "kl", "knock_out_heads", "logit_diff", "logprob",
+__all__ = ["attribution", "attribution_patch", "circuits", "facts", "freeze_norms", "induction_scores", "kl", "knock_out_heads", "logit_diff", "logprob",
            "loss", "next_token_logprob", "normalized_effect", "patch", "patchscopes", "path_patch", "patterns",
            "previous_token_scores", "repeated_tokens", "steering", "steering_eval"]

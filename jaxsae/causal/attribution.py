@@ -20,6 +20,7 @@ and `"{site}/error"` [seq] (IG interpolates latents and error, as Marks et al.).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,12 +101,23 @@ def _sae_nodes(sae, x):
     return f, x - sae.decode(f)
 
 
-def attribution_patch(lm, clean_tokens, corrupt_tokens, sites, metric, *, method: str = "atp", steps: int = 10,
-                      direction: str = "denoise", saes: dict | None = None, positions=None) -> dict[str, np.ndarray]:
-    """AtP or IG estimates of `patch(...)` for every site (same keys and shapes; per-head sites
-    [seq, heads]); with `saes`, "{site}/latents" [seq, d_sae] and "{site}/error" [seq] as well.
-    positions: None (each), a list, or "all" (summed over positions, the estimate of patching
-    them all at once)."""
+class Parts(NamedTuple):
+    """What an attribution pass computed: the base run's tokens, node values in both runs and the
+    metric's gradients ({node: [batch, ...]}, nodes being sites, "{site}/latents" and
+    "{site}/error"), and the metric on the clean and corrupted runs."""
+
+    base: jax.Array
+    values_base: dict
+    values_source: dict
+    grads: dict
+    m_clean: float
+    m_corrupt: float
+    direction: str
+
+
+def gradients(lm, clean_tokens, corrupt_tokens, sites, metric, *, method: str = "atp", steps: int = 10,
+              direction: str = "denoise", saes: dict | None = None) -> Parts:
+    """The gradients behind `attribution_patch` (AtP: at the base run; IG: averaged along the path)."""
     if method not in ("atp", "ig"):
         raise ValueError(f"method={method!r}: use 'atp' (attribution patching) or 'ig' (integrated gradients)")
     if direction not in ("denoise", "noise"):
@@ -131,10 +143,8 @@ def attribution_patch(lm, clean_tokens, corrupt_tokens, sites, metric, *, method
     m_base = patching._metric_mean(metric, logits_b)
     m_src = patching._metric_mean(metric, logits_s)
     m_clean, m_corrupt = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
-    denom = m_clean - m_corrupt
-    if denom == 0:
+    if m_clean == m_corrupt:
         raise ValueError("the metric is equal on the clean and the corrupted run, so no effect can be normalised")
-    offset = 0.0 if direction == "denoise" else 1.0
 
     values_b, values_s = {}, {}
     for s in sites:
@@ -161,6 +171,21 @@ def attribution_patch(lm, clean_tokens, corrupt_tokens, sites, metric, *, method
     if method == "ig":  # an SAE site's own estimate: its latents' and error's (the site is rebuilt from them)
         for s in sae_sites:
             grads.pop(s)
+    return Parts(base, values_b, values_s, grads, m_clean, m_corrupt, direction)
+
+
+def attribution_patch(lm, clean_tokens, corrupt_tokens, sites, metric, *, method: str = "atp", steps: int = 10,
+                      direction: str = "denoise", saes: dict | None = None, positions=None) -> dict[str, np.ndarray]:
+    """AtP or IG estimates of `patch(...)` for every site (same keys and shapes; per-head sites
+    [seq, heads]); with `saes`, "{site}/latents" [seq, d_sae] and "{site}/error" [seq] as well.
+    positions: None (each), a list, or "all" (summed over positions, the estimate of patching
+    them all at once)."""
+    parts = gradients(lm, clean_tokens, corrupt_tokens, sites, metric, method=method, steps=steps,
+                      direction=direction, saes=saes)
+    values_b, values_s, grads = parts.values_base, parts.values_source, parts.grads
+    denom = parts.m_clean - parts.m_corrupt
+    offset = 0.0 if direction == "denoise" else 1.0
+    sae_sites = tuple(s for s in sites if s in (saes or {}))
     out = {}
     for k, g in grads.items():
         delta = values_s[k] - values_b[k]
