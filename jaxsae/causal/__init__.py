@@ -14,7 +14,14 @@ hook sites) that composes with jit, vmap, grad and the mesh.
   facts.capital_facts / length_matched_pairs          offline factual-recall prompts (facts.py)
 """
 
-from jaxsae.causal import attribution, circuits, facts, patchscopes, steering, steering_eval
+from jaxsae.causal import (
+           attribution,
+           circuits,
+           facts,
+           patchscopes,
+           steering,
+           steering_eval,
+)
 from jaxsae.causal.attribution import attribution_patch
 from jaxsae.causal.heads import (
            induction_scores,
