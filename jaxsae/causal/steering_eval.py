@@ -162,3 +162,30 @@ def target_logprob(lm, site: str, vector, prompts, target_id: int, coefficients)
         logp = np.asarray(jax.nn.log_softmax(jnp.asarray(m(jnp.asarray(tokens)), jnp.float32)))
         out.append(float(np.mean([logp[i, n - 1, target_id] for i, n in enumerate(lengths)])))
     return np.asarray(out)
+
+
+def sentiment_contrast(tokenizer, n: int = 64, max_tokens: int = 40) -> tuple[list[list[int]], list[list[int]]]:
+    """(positive, negative) token lists: SST-2 reviews from the offline sae-probes data."""
+    from jaxsae.evals import probe_datasets
+
+    texts, labels = probe_datasets.read(probe_datasets.DATASETS["sentiment"][0].file)
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    enc = lambda t: bos + tokenizer.encode(t)[:max_tokens]  # noqa: E731
+    pos = [enc(t) for t, y in zip(texts, labels) if y == "1"][:n]
+    neg = [enc(t) for t, y in zip(texts, labels) if y != "1"][:n]
+    return pos, neg
+
+
+def contrast_directions(lm, site: str, positive, negative, sae=None, n_latents: int = 2) -> dict[str, np.ndarray]:
+    """{"diff-in-means": v} plus, with a dictionary, "sae latent i" decoder rows for the `n_latents`
+    latents whose mean activation (over tokens after BOS) rises most from negative to positive."""
+    out = {"diff-in-means": steering.diff_in_means(lm, site, positive, negative, reduce="mean")}
+    if sae is not None:
+        steering._check_sae(lm, site, sae)
+        a_pos = steering.activations(lm, site, positive, reduce="mean")
+        a_neg = steering.activations(lm, site, negative, reduce="mean")
+        f_pos = np.asarray(sae.encode(jnp.asarray(a_pos))).mean(0)
+        f_neg = np.asarray(sae.encode(jnp.asarray(a_neg))).mean(0)
+        for i in np.argsort(-(f_pos - f_neg))[:n_latents]:
+            out[f"sae latent {int(i)}"] = np.asarray(steering.decoder_row(sae, int(i)))
+    return out

@@ -1,0 +1,82 @@
+"""Steering curves, offline: sentiment of greedy continuations of neutral prompts (VADER lexicon)
+against fluency (their log-prob under the unsteered model), over the coefficient, for the
+difference-in-means direction of positive minus negative SST-2 reviews and, with --sae, the
+dictionary latents that best separate them; JSON, a PNG of the curves and an HTML page.
+
+  python -m experiments.steer --config=configs/demo.py --out=runs/steer [--sae=runs/demo/export]
+      [--site=blocks.10.hook_resid_post] [--coefficients=-0.4,-0.2,0,0.2,0.4]
+
+Coefficients are in units of the site's mean activation norm (every direction scaled to unit
+norm first), so the baseline and the latents are compared at equal strength.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config preset (the model: data.lm).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+_SAE = flags.DEFINE_string("sae", None, "Optional SAELens-format dictionary at --site (its latents are steered too).")
+_SITE = flags.DEFINE_string("site", None, "Site to steer (default: the dictionary's hook, else blocks.10.hook_resid_post).")
+_COEFS = flags.DEFINE_list("coefficients", ["-0.4", "-0.2", "0", "0.2", "0.4"], "Coefficients x mean norm.")
+_PROMPTS = flags.DEFINE_integer("prompts", 12, "Neutral prompts (of steering_eval.NEUTRAL_PROMPTS).")
+_CONTRAST = flags.DEFINE_integer("contrast", 64, "Positive and negative reviews for the directions.")
+_LATENTS = flags.DEFINE_integer("latents", 2, "Dictionary latents steered (with --sae).")
+_NEW = flags.DEFINE_integer("max_new_tokens", 20, "Tokens generated per prompt.")
+
+
+def main(argv):
+    import json
+    import os
+
+    from jaxsae import config as config_lib
+    from jaxsae import runlock
+    from jaxsae.causal import steering_eval as se
+    from jaxsae.data import harvest
+    from jaxsae.report import causal as report
+
+    cfg = config_lib.from_configdict(_CONFIG.value)
+    sae, site = None, _SITE.value
+    if _SAE.value:
+        from jaxsae.interop import saelens
+
+        sae = saelens.load(_SAE.value)
+        with open(os.path.join(_SAE.value, saelens.CFG)) as f:
+            exported = json.load(f)
+        site = site or (exported.get("metadata") or {}).get("hook_name") or exported.get("hook_name")
+    site = site or "blocks.10.hook_resid_post"
+    coefficients = tuple(float(c) for c in _COEFS.value)
+    n_prompts = min(_PROMPTS.value, len(se.NEUTRAL_PROMPTS))
+    settings = {"site": site, "sae": os.path.abspath(_SAE.value) if _SAE.value else None, "coefficients": coefficients,
+                "prompts": n_prompts, "contrast": _CONTRAST.value, "latents": _LATENTS.value,
+                "max_new_tokens": _NEW.value, "model": os.path.abspath(harvest.model_path(cfg.data.lm))}
+    os.makedirs(_OUT.value, exist_ok=True)
+    path = os.path.join(_OUT.value, "steer.json")
+    with runlock.hold(_OUT.value, "steering"):
+        previous = json.load(open(path)) if os.path.exists(path) else None
+        if previous and previous.get("settings") == json.loads(json.dumps(settings)):
+            print(f"{path} already holds this run; redrawing its figures")
+            result = previous
+        else:
+            lm, tok = harvest.load_lm(cfg.data.lm)
+            pos, neg = se.sentiment_contrast(tok, _CONTRAST.value)
+            directions = se.contrast_directions(lm, site, pos, neg, sae, _LATENTS.value)
+            bos = [] if tok.bos_id is None else [tok.bos_id]
+            prompts = [bos + tok.encode(p) for p in se.NEUTRAL_PROMPTS[:n_prompts]]
+            run_cfg = se.SteeringEvalConfig(coefficients=coefficients, max_new_tokens=_NEW.value)
+            result = se.curves(lm, tok, site, directions, prompts, run_cfg, progress=True)
+            result["settings"] = settings
+            report.write_json(path, result)
+        png = report.steering_curves(result, os.path.join(_OUT.value, "curves.png"))
+        rows = [{"direction": name, "coefficient": r["coefficient"], "sentiment": r["property_mean"],
+                 "fluency": r["fluency_mean"], "example": r["examples"][0] if r["examples"] else ""}
+                for name, rs in result["directions"].items() for r in rs]
+        page = report.page(os.path.join(_OUT.value, "index.html"), f"Steering at {site}",
+                           {"settings": result["settings"], "mean activation norm": result["norm"]},
+                           {"sentiment and fluency against the coefficient": png}, {"results": rows})
+    print(f"wrote {path} and {page}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
