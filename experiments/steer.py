@@ -17,6 +17,11 @@ latents that drive it by attribution, the rate with the top --top_k zero-ablated
 against random-latent controls, and the held-out loss each costs.
 
   python -m experiments.steer --task=repetition --sae=runs/demo/export --out=runs/mitigate
+
+--task=hallucination (optional --sae): known against made-up countries (jaxsae/causal/
+hallucination.py): the held-out separation of the "knownness" direction, and how steering it
+(and a random direction, and the best-separating latent) changes how often the model confidently
+names a capital for a country that does not exist, against accuracy on real ones.
 """
 
 from absl import flags
@@ -33,7 +38,8 @@ _PROMPTS = flags.DEFINE_integer("prompts", 12, "Neutral prompts (of steering_eva
 _CONTRAST = flags.DEFINE_integer("contrast", 64, "Positive and negative reviews for the directions.")
 _LATENTS = flags.DEFINE_integer("latents", 2, "Dictionary latents steered (with --sae).")
 _NEW = flags.DEFINE_integer("max_new_tokens", 20, "Tokens generated per prompt (repetition: 40 is typical).")
-_TASK = flags.DEFINE_enum("task", "sentiment", ["sentiment", "repetition"], "Steering curves or the mitigation.")
+_TASK = flags.DEFINE_enum("task", "sentiment", ["sentiment", "repetition", "hallucination"],
+                          "Steering curves, the repetition mitigation, or the known/made-up entity experiment.")
 _TOP_K = flags.DEFINE_integer("top_k", 10, "repetition: latents ablated.")
 _CONTROLS = flags.DEFINE_integer("controls", 3, "repetition: random-latent control draws.")
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 24, "repetition: tokens per prompt window.")
@@ -61,6 +67,8 @@ def main(argv):
     site = site or "blocks.10.hook_resid_post"
     if _TASK.value == "repetition":
         return _repetition(cfg, sae, site)
+    if _TASK.value == "hallucination":
+        return _hallucination(cfg, sae, site)
     coefficients = tuple(float(c) for c in _COEFS.value)
     n_prompts = min(_PROMPTS.value, len(se.NEUTRAL_PROMPTS))
     settings = {"site": site, "sae": os.path.abspath(_SAE.value) if _SAE.value else None, "coefficients": coefficients,
@@ -137,6 +145,31 @@ def _repetition(cfg, sae, site):
         page = report.page(os.path.join(_OUT.value, "index.html"), f"Mitigating repetition at {site}",
                            {"settings": result["settings"], "latents": result.get("top_latents", "none")}, {},
                            {"degenerate rate, mean repetition and held-out loss cost": rows})
+    print(json.dumps(rows, indent=1))
+    print(f"wrote {path} and {page}")
+
+
+def _hallucination(cfg, sae, site):
+    import json
+    import os
+
+    from jaxsae import runlock
+    from jaxsae.causal import hallucination
+    from jaxsae.data import harvest
+    from jaxsae.report import causal as report
+
+    run_cfg = hallucination.HallucinationConfig()
+    os.makedirs(_OUT.value, exist_ok=True)
+    path = os.path.join(_OUT.value, "hallucination.json")
+    with runlock.hold(_OUT.value, "hallucination"):
+        lm, tok = harvest.load_lm(cfg.data.lm)
+        result = hallucination.experiment(lm, tok, site, run_cfg, sae=sae, progress=True)
+        report.write_json(path, result)
+        rows = [{"direction": name, **r} for name, rs in result["curves"].items() for r in rs]
+        page = report.page(os.path.join(_OUT.value, "index.html"), f"Known vs made-up entities at {site}",
+                           {k: result[k] for k in ("known_entities", "made_up_entities", "held_out",
+                                                   "separation_accuracy", "made_up_examples")}, {},
+                           {"steering: confident completions for made-up entities vs known accuracy": rows})
     print(json.dumps(rows, indent=1))
     print(f"wrote {path} and {page}")
 

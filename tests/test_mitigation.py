@@ -85,3 +85,40 @@ def test_repetition_binary_end_to_end(tiny, tmp_path):
     assert (out / "index.html").stat().st_size > 0
     no_sae = subprocess.run(cmd[:6] + [f"--out={out}2"], capture_output=True, text=True, timeout=300, env=env)
     assert no_sae.returncode == 2 and "pass --sae" in no_sae.stderr
+
+
+def test_made_up_names_have_the_shape_and_are_not_real():
+    from jaxsae.causal import hallucination
+
+    real = ["France", "Germany", "Kenya", "Peru", "Canada", "Poland", "Sweden", "Norway"]
+    names = hallucination.made_up_names(real, 10, seed=0)
+    assert len(names) == 10 and len(set(names)) == 10
+    assert not set(n.lower() for n in names) & set(r.lower() for r in real)
+    assert all(n[0].isupper() and n.isalpha() and 4 <= len(n) <= 12 for n in names)
+    assert names == hallucination.made_up_names(real, 10, seed=0)
+
+
+def test_hallucination_needs_known_entities(tiny):
+    from jaxsae.causal import hallucination
+
+    d, lm, _ = tiny
+    with pytest.raises(ValueError, match="at least 8 known entities"):
+        hallucination.experiment(lm, models.load_tokenizer(d), "blocks.1.hook_resid_pre",
+                                 hallucination.HallucinationConfig(n_countries=20))
+
+
+@pytest.mark.slow
+def test_smollm2_knownness_direction_separates_real_from_made_up_countries(smollm2):
+    """Measured (layer 15, 34 + 30 held out): separation 1.0; steering toward "known" by 0.2 x |x|
+    raised confident capitals for made-up countries from 0.10 to 0.17, toward "unknown" lowered it
+    to 0.03 at a cost of known accuracy 1.0 -> 0.47: a weak effect on a 135M model."""
+    from jaxsae.causal import hallucination
+
+    lm, tok = smollm2
+    cfg = hallucination.HallucinationConfig(n_countries=80, n_made_up=40, coefficients=(0.0, -0.2))
+    r = hallucination.experiment(lm, tok, "blocks.15.hook_resid_post", cfg)
+    assert r["separation_accuracy"] >= 0.9, r["separation_accuracy"]
+    rows = r["curves"]["knownness (diff-in-means)"]
+    assert rows[0]["known_accuracy"] == 1.0  # held-out known entities are, by the filter, answered
+    assert rows[1]["known_accuracy"] < rows[0]["known_accuracy"]  # steering toward "unknown" costs real answers
+    assert set(r["curves"]) == {"knownness (diff-in-means)", "random direction"}
