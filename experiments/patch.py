@@ -29,9 +29,8 @@ def main(argv):
 
     import numpy as np
 
-    from jaxsae import causal, runlock
     from jaxsae import config as config_lib
-    from jaxsae.causal import tasks
+    from jaxsae import runlock
     from jaxsae.data import harvest
     from jaxsae.report import causal as report
 
@@ -41,33 +40,7 @@ def main(argv):
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "patch.json")
     with runlock.hold(_OUT.value, "patching"):
-        previous = json.load(open(path)) if os.path.exists(path) else None
-        lm, tok = harvest.load_lm(cfg.data.lm)
-        if previous and previous.get("settings") == settings:
-            print(f"{path} already holds this run; redrawing its figures")
-            result = previous
-        else:
-            kw = {"period": _PERIOD.value, "batch": _BATCH.value} if _TASK.value == "induction" else {"pairs": _BATCH.value}
-            task = tasks.build(_TASK.value, lm, tok, **kw)
-            L = causal.patching.n_blocks(lm)
-            resid = [f"blocks.{i}.hook_resid_pre" for i in range(L)]
-            args = (lm, task.clean, task.corrupt)
-            print(f"patching {L} layers x {task.clean.shape[1]} positions ...", flush=True)
-            grid = causal.patch(*args, resid, task.metric, direction=_DIRECTION.value)
-            atp = causal.attribution_patch(*args, resid, task.metric, direction=_DIRECTION.value)
-            result = {"settings": settings, "task": task.info, "labels": task.labels,
-                      "resid_patch": [grid[s].tolist() for s in resid], "resid_atp": [atp[s].tolist() for s in resid]}
-            if _HEADS.value:
-                z = [f"blocks.{i}.attn.hook_z" for i in range(L)]
-                print(f"patching {L} layers x heads ...", flush=True)
-                hp = causal.patch(*args, z, task.metric, positions="all", direction=_DIRECTION.value)
-                ha = causal.attribution_patch(*args, z, task.metric, positions="all", direction=_DIRECTION.value)
-                result["heads_patch"] = [hp[s].tolist() for s in z]
-                result["heads_atp"] = [ha[s].tolist() for s in z]
-                if _TASK.value == "induction":
-                    result["induction_scores"] = causal.induction_scores(lm, task.clean, _PERIOD.value).tolist()
-            result["agreement"] = _agreement(result)
-            report.write_json(path, result)
+        result = report.reuse_or_compute(path, settings, lambda: _grids(*harvest.load_lm(cfg.data.lm)))
         images = {
             "residual stream, patching": report.heatmap(np.asarray(result["resid_patch"]), os.path.join(
                 _OUT.value, "resid_patch.png"), f"{_TASK.value}: patching hook_resid_pre", result["labels"]),
@@ -86,6 +59,33 @@ def main(argv):
                            images)
     print(json.dumps(result["agreement"], indent=1))
     print(f"wrote {path} and {page}")
+
+
+def _grids(lm, tok) -> dict:
+    from jaxsae import causal
+    from jaxsae.causal import tasks
+
+    kw = {"period": _PERIOD.value, "batch": _BATCH.value} if _TASK.value == "induction" else {"pairs": _BATCH.value}
+    task = tasks.build(_TASK.value, lm, tok, **kw)
+    L = causal.patching.n_blocks(lm)
+    resid = [f"blocks.{i}.hook_resid_pre" for i in range(L)]
+    args = (lm, task.clean, task.corrupt)
+    print(f"patching {L} layers x {task.clean.shape[1]} positions ...", flush=True)
+    grid = causal.patch(*args, resid, task.metric, direction=_DIRECTION.value)
+    atp = causal.attribution_patch(*args, resid, task.metric, direction=_DIRECTION.value)
+    result = {"task": task.info, "labels": task.labels, "resid_patch": [grid[s].tolist() for s in resid],
+              "resid_atp": [atp[s].tolist() for s in resid]}
+    if _HEADS.value:
+        z = [f"blocks.{i}.attn.hook_z" for i in range(L)]
+        print(f"patching {L} layers x heads ...", flush=True)
+        hp = causal.patch(*args, z, task.metric, positions="all", direction=_DIRECTION.value)
+        ha = causal.attribution_patch(*args, z, task.metric, positions="all", direction=_DIRECTION.value)
+        result["heads_patch"] = [hp[s].tolist() for s in z]
+        result["heads_atp"] = [ha[s].tolist() for s in z]
+        if _TASK.value == "induction":
+            result["induction_scores"] = causal.induction_scores(lm, task.clean, _PERIOD.value).tolist()
+    result["agreement"] = _agreement(result)
+    return result
 
 
 def _agreement(result: dict) -> dict:

@@ -76,21 +76,17 @@ def main(argv):
                 "max_new_tokens": _NEW.value, "model": os.path.abspath(harvest.model_path(cfg.data.lm))}
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "steer.json")
+    def compute():
+        lm, tok = harvest.load_lm(cfg.data.lm)
+        pos, neg = se.sentiment_contrast(tok, _CONTRAST.value)
+        directions = se.contrast_directions(lm, site, pos, neg, sae, _LATENTS.value)
+        bos = [] if tok.bos_id is None else [tok.bos_id]
+        prompts = [bos + tok.encode(p) for p in se.NEUTRAL_PROMPTS[:n_prompts]]
+        run_cfg = se.SteeringEvalConfig(coefficients=coefficients, max_new_tokens=_NEW.value)
+        return se.curves(lm, tok, site, directions, prompts, run_cfg, progress=True)
+
     with runlock.hold(_OUT.value, "steering"):
-        previous = json.load(open(path)) if os.path.exists(path) else None
-        if previous and previous.get("settings") == json.loads(json.dumps(settings)):
-            print(f"{path} already holds this run; redrawing its figures")
-            result = previous
-        else:
-            lm, tok = harvest.load_lm(cfg.data.lm)
-            pos, neg = se.sentiment_contrast(tok, _CONTRAST.value)
-            directions = se.contrast_directions(lm, site, pos, neg, sae, _LATENTS.value)
-            bos = [] if tok.bos_id is None else [tok.bos_id]
-            prompts = [bos + tok.encode(p) for p in se.NEUTRAL_PROMPTS[:n_prompts]]
-            run_cfg = se.SteeringEvalConfig(coefficients=coefficients, max_new_tokens=_NEW.value)
-            result = se.curves(lm, tok, site, directions, prompts, run_cfg, progress=True)
-            result["settings"] = settings
-            report.write_json(path, result)
+        result = report.reuse_or_compute(path, settings, compute)
         png = report.steering_curves(result, os.path.join(_OUT.value, "curves.png"))
         rows = [{"direction": name, "coefficient": r["coefficient"], "sentiment": r["property_mean"],
                  "fluency": r["fluency_mean"], "example": r["examples"][0] if r["examples"] else ""}
@@ -121,19 +117,15 @@ def _repetition(cfg, sae, site):
                 "model": os.path.abspath(harvest.model_path(cfg.data.lm)), "text": dataclasses.asdict(cfg.data.text)}
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "repetition.json")
+    def compute():
+        lm, tok = harvest.load_lm(cfg.data.lm)
+        prompts = tokens_lib.batch_array(harvest.token_windows(cfg.data.text, tok, _PROMPT_TOKENS.value,
+                                                               cfg.seed + 7), 0, _PROMPTS.value)
+        held = tokens_lib.batch_array(harvest.token_windows(cfg.data.text, tok, 64, cfg.seed + 11), 0, 16)
+        return mitigation.repetition(lm, sae, site, prompts, held, run_cfg, progress=True)
+
     with runlock.hold(_OUT.value, "mitigation"):
-        previous = json.load(open(path)) if os.path.exists(path) else None
-        if previous and previous.get("settings") == json.loads(json.dumps(settings)):
-            print(f"{path} already holds this run; redrawing its page")
-            result = previous
-        else:
-            lm, tok = harvest.load_lm(cfg.data.lm)
-            prompts = tokens_lib.batch_array(harvest.token_windows(cfg.data.text, tok, _PROMPT_TOKENS.value,
-                                                                   cfg.seed + 7), 0, _PROMPTS.value)
-            held = tokens_lib.batch_array(harvest.token_windows(cfg.data.text, tok, 64, cfg.seed + 11), 0, 16)
-            result = mitigation.repetition(lm, sae, site, prompts, held, run_cfg, progress=True)
-            result["settings"] = settings
-            report.write_json(path, result)
+        result = report.reuse_or_compute(path, settings, compute)
         rows = [{"run": "unablated", **{k: result["before"].get(k) for k in ("rate", "mean_repetition")},
                  "loss_increase": 0.0}]
         if "ablated" in result:
@@ -150,6 +142,7 @@ def _repetition(cfg, sae, site):
 
 
 def _hallucination(cfg, sae, site):
+    import dataclasses
     import json
     import os
 
@@ -159,12 +152,17 @@ def _hallucination(cfg, sae, site):
     from jaxsae.report import causal as report
 
     run_cfg = hallucination.HallucinationConfig()
+    settings = {"site": site, "sae": os.path.abspath(_SAE.value) if _SAE.value else None,
+                "config": dataclasses.asdict(run_cfg), "model": os.path.abspath(harvest.model_path(cfg.data.lm))}
     os.makedirs(_OUT.value, exist_ok=True)
     path = os.path.join(_OUT.value, "hallucination.json")
-    with runlock.hold(_OUT.value, "hallucination"):
+
+    def compute():
         lm, tok = harvest.load_lm(cfg.data.lm)
-        result = hallucination.experiment(lm, tok, site, run_cfg, sae=sae, progress=True)
-        report.write_json(path, result)
+        return hallucination.experiment(lm, tok, site, run_cfg, sae=sae, progress=True)
+
+    with runlock.hold(_OUT.value, "hallucination"):
+        result = report.reuse_or_compute(path, settings, compute)
         rows = [{"direction": name, **r} for name, rs in result["curves"].items() for r in rs]
         page = report.page(os.path.join(_OUT.value, "index.html"), f"Known vs made-up entities at {site}",
                            {k: result[k] for k in ("known_entities", "made_up_entities", "held_out",

@@ -37,3 +37,17 @@ def smollm2():
 
     path = packaged.smollm2_path()
     return models.load(path), models.load_tokenizer(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """The tiny random Llama with grouped-query attention (tests/tiny_models.py CASES["llama_gqa"]),
+    as a jaxsae model, built once per test process."""
+    from tiny_models import CASES, save_tiny
+
+    from jaxsae import models
+
+    kind, extra = CASES["llama_gqa"]
+    d = tmp_path_factory.mktemp("tiny_llama_gqa")
+    save_tiny(d, kind, **extra)
+    return models.load(str(d))

@@ -5,19 +5,15 @@ a word's state at early layers and not at late ones."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_models import CASES, save_tiny
 
-from jaxsae import generate, models, sites
+from jaxsae import generate, sites
 from jaxsae.causal import interventions as iv
 from jaxsae.causal import patchscopes as ps
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    kind, extra = CASES["llama_gqa"]
-    d = tmp_path_factory.mktemp("llama")
-    save_tiny(d, kind, **extra)
-    return models.load(str(d))
+@pytest.fixture
+def tiny(tiny_llama):
+    return tiny_llama
 
 
 def test_patch_into_writes_the_state_at_one_position(tiny):

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from penzai import pz
-from tiny_models import CASES, save_tiny
 
-from jaxsae import generate, models, sites
+from jaxsae import generate, sites
 from jaxsae.causal import steering
 from jaxsae.causal import steering_eval as se
 from jaxsae.dictionaries import registry
@@ -18,12 +17,9 @@ from jaxsae.dictionaries.bound import SAE
 SITE = "blocks.0.hook_resid_post"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    kind, extra = CASES["llama_gqa"]
-    d = tmp_path_factory.mktemp("llama")
-    save_tiny(d, kind, **extra)
-    return models.load(str(d))
+@pytest.fixture
+def tiny(tiny_llama):
+    return tiny_llama
 
 
 def _sae(d, width=16, seed=0):

@@ -104,3 +104,19 @@ def _cell(v) -> str:
 def write_json(path: str, obj: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic.atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+def reuse_or_compute(path: str, settings: dict, compute) -> dict:
+    """The result at `path` when it was made with exactly `settings` (printing that it is reused),
+    else `compute()` with `settings` added, written atomically to `path`."""
+    canonical = json.loads(json.dumps(settings))
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous.get("settings") == canonical:
+            print(f"{path} already holds this run; redrawing its figures")
+            return previous
+    result = compute()
+    result["settings"] = canonical
+    write_json(path, result)
+    return result
