@@ -134,8 +134,11 @@ def _repetition(cfg, sae, site):
             rows += [{"run": f"random control {i + 1}", **{k: c[k] for k in ("rate", "mean_repetition",
                                                                           "loss_increase")}}
                      for i, c in enumerate(result["random_controls"])]
+        png = report.bars(rows, "run", ["rate", "mean_repetition", "loss_increase"],
+                          os.path.join(_OUT.value, "repetition.png"), "degenerate repetition and its cost")
         page = report.page(os.path.join(_OUT.value, "index.html"), f"Mitigating repetition at {site}",
-                           {"settings": result["settings"], "latents": result.get("top_latents", "none")}, {},
+                           {"settings": result["settings"], "latents": result.get("top_latents", "none")},
+                           {"degenerate rate, mean repetition, held-out loss increase": png},
                            {"degenerate rate, mean repetition and held-out loss cost": rows})
     print(json.dumps(rows, indent=1))
     print(f"wrote {path} and {page}")
@@ -164,9 +167,13 @@ def _hallucination(cfg, sae, site):
     with runlock.hold(_OUT.value, "hallucination"):
         result = report.reuse_or_compute(path, settings, compute)
         rows = [{"direction": name, **r} for name, rs in result["curves"].items() for r in rs]
+        png = report.lines(result["curves"], "coefficient", ["made_up_confident_rate", "made_up_top_p",
+                                                              "known_accuracy"],
+                           os.path.join(_OUT.value, "hallucination.png"), "steering along each direction")
         page = report.page(os.path.join(_OUT.value, "index.html"), f"Known vs made-up entities at {site}",
                            {k: result[k] for k in ("known_entities", "made_up_entities", "held_out",
-                                                   "separation_accuracy", "made_up_examples")}, {},
+                                                   "separation_accuracy", "made_up_examples")},
+                           {"made-up confident rate, top-1 probability and known accuracy": png},
                            {"steering: confident completions for made-up entities vs known accuracy": rows})
     print(json.dumps(rows, indent=1))
     print(f"wrote {path} and {page}")

@@ -68,6 +68,41 @@ def steering_curves(result: dict, path: str, property_name: str = "sentiment") -
     return path
 
 
+def bars(rows: list[dict], label: str, keys: list[str], path: str, title: str) -> str:
+    """One bar group per row (named by rows[i][label]), one panel per key."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    axes = np.atleast_1d(axes)
+    names = [str(r[label]) for r in rows]
+    for ax, key in zip(axes, keys):
+        ax.bar(range(len(rows)), [float(r[key]) for r in rows], color="#60a5fa")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(key, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def lines(curves: dict[str, list[dict]], x: str, keys: list[str], path: str, title: str) -> str:
+    """One panel per key, one line per curve, against rows[x]."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        for name, rows in curves.items():
+            ax.plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label=name)
+        ax.set_xlabel(x)
+        ax.set_title(key, fontsize=9)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def page(path: str, title: str, summary: dict, images: dict[str, str], tables: dict[str, list[dict]] | None = None) -> str:
     """One HTML file with the images inlined, the summary as a definition list and optional tables."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
