@@ -50,10 +50,10 @@ def capital_facts(lm, tokenizer, n: int = 80, template: str = TEMPLATE, batch_si
         cands.append(Fact(country, attrs["Capital"], tuple(bos + ids), last + len(bos),
                           tokenizer.encode(" " + attrs["Capital"])[0]))
     keep = []
+    width = max((len(f.tokens) for f in cands), default=1)  # one shape for every batch: one compile
     for at in range(0, len(cands), batch_size):
         chunk = cands[at : at + batch_size]
-        width = max(len(f.tokens) for f in chunk)
-        tokens = np.zeros((len(chunk), width), np.int32)  # right padding: causal, so real positions are unchanged
+        tokens = np.zeros((batch_size, width), np.int32)  # right padding: causal, so real positions are unchanged
         for i, f in enumerate(chunk):
             tokens[i, : len(f.tokens)] = f.tokens
         logits = np.asarray(lm(tokens))

@@ -99,23 +99,35 @@ class HeadScale:
 def knock_out_heads(lm, heads: dict[int, list[int]] | list[tuple[int, int]], mean_z: dict[int, jax.Array] | None = None):
     """A copy of `lm` with the named heads' outputs (attn.hook_z) zeroed, or set to `mean_z[layer]`
     ([heads, head_dim] or [seq, heads, head_dim]) when given. `heads` maps layer -> head indices
-    or lists (layer, head) pairs."""
+    or lists (layer, head) pairs. Every layer gets the same splice (a mask of ones where nothing is
+    knocked out), so any set of heads reuses one compiled model."""
     if not isinstance(heads, dict):
         grouped: dict[int, list[int]] = {}
         for layer, head in heads:
             grouped.setdefault(int(layer), []).append(int(head))
         heads = grouped
-    out = lm
-    n_heads = int(lm.config.get("num_attention_heads") or lm.config.get("n_head")) if hasattr(lm, "config") else None
-    for layer, hs in heads.items():
-        n = n_heads if n_heads is not None else max(hs) + 1
+    n_layers = len(sites._blocks(lm.model if hasattr(lm, "model") and hasattr(lm, "config") else lm))
+    bad_layers = sorted(layer for layer in heads if not 0 <= layer < n_layers)
+    if bad_layers:
+        raise ValueError(f"knock_out_heads: layers {bad_layers} do not exist (the model has {n_layers} blocks)")
+    config = getattr(lm, "config", {}) or {}
+    n = config.get("num_attention_heads") or config.get("n_head")
+    if n is None:
+        n = max([max(hs) for hs in heads.values() if hs] + [0]) + 1
+    splices = {}
+    for layer in range(n_layers):
+        hs = list(heads.get(layer, []))
         bad = [h for h in hs if not 0 <= h < n]
         if bad:
             raise ValueError(f"knock_out_heads: layer {layer} has heads 0..{n - 1}, not {bad}")
-        mask = jnp.ones((n,), jnp.float32).at[jnp.asarray(hs)].set(0.0)
-        repl = jnp.zeros(()) if mean_z is None else jnp.asarray(mean_z[layer], jnp.float32)
-        out = sites.splice(out, f"blocks.{layer}.attn.hook_z", HeadScale(), (mask, repl))
-    return out
+        mask = jnp.ones((int(n),), jnp.float32)
+        if hs:
+            mask = mask.at[jnp.asarray(hs)].set(0.0)
+        repl = jnp.zeros(()) if mean_z is None or layer not in mean_z else jnp.asarray(mean_z[layer], jnp.float32)
+        splices[f"blocks.{layer}.attn.hook_z"] = sites.Splice(payload=(mask, repl), fn=HeadScale())
+    model = lm.model if hasattr(lm, "model") and hasattr(lm, "config") else lm
+    new = sites._rewrite(model, splices)
+    return dataclasses.replace(lm, model=new) if model is not lm else new
 
 
 # --- running rewritten models inside traced code -------------------------------------------
