@@ -82,6 +82,8 @@ def test_repetition_binary_end_to_end(tiny, tmp_path):
     if "ablated" in res:  # the tiny model repeats itself: attribution found latents to ablate
         assert len(res["top_latents"]) == 3 and len(res["random_controls"]) == 2
         assert set(res["control_mean"]) == {"rate", "mean_repetition", "loss_increase"}
+    else:  # no continuation repeated an n-gram: the result must say so, with the measured rate 0
+        assert "no repeated n-gram" in res["note"] and res["before"]["mean_repetition"] == 0.0
     assert (out / "index.html").stat().st_size > 0 and (out / "repetition.png").stat().st_size > 0
     no_sae = subprocess.run(cmd[:6] + [f"--out={out}2"], capture_output=True, text=True, timeout=300, env=env)
     assert no_sae.returncode == 2 and "pass --sae" in no_sae.stderr

@@ -26,7 +26,9 @@ class Fact:
     answer_id: int  # first token of " " + answer
 
 
-def _subject_span(tokenizer, template: str, subject: str) -> tuple[list[int], int]:
+def subject_span(tokenizer, template: str, subject: str) -> tuple[list[int], int]:
+    """(ids of the filled template, index of the subject's last token), or index -1 when the
+    subject's tokens merge with the template's."""
     head, _, _ = template.partition("{}")
     ids = tokenizer.encode(template.format(subject))
     head_ids = tokenizer.encode(head.rstrip()) if head.strip() else []
@@ -44,7 +46,7 @@ def capital_facts(lm, tokenizer, n: int = 80, template: str = TEMPLATE, batch_si
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     cands = []
     for country, attrs in ravel.facts("country", n).items():
-        ids, last = _subject_span(tokenizer, template, country)
+        ids, last = subject_span(tokenizer, template, country)
         if last < 0:
             continue
         cands.append(Fact(country, attrs["Capital"], tuple(bos + ids), last + len(bos),

@@ -61,7 +61,7 @@ def made_up_names(real: list[str], n: int, seed: int = 0) -> list[str]:
 
 def _prompt(tokenizer, name: str, template: str) -> tuple[list[int], int]:
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-    ids, last = facts_mod._subject_span(tokenizer, template, name)
+    ids, last = facts_mod.subject_span(tokenizer, template, name)
     return bos + ids, (last + len(bos) if last >= 0 else -1)
 
 

@@ -38,8 +38,9 @@ def value_shape_kind(kind: str) -> str:
     return "heads" if kind in sites.HEAD_KINDS else "resid"
 
 
-def _mask_like(m, x, layout: str):
-    """Broadcast a cell mask ([seq] resid, [seq, heads] heads, [heads, q] pattern) against x."""
+def _mask_like(m, layout: str):
+    """Broadcast a cell mask ([seq] resid, [seq, heads] heads, [heads, q] pattern) against the
+    site's value ([batch, seq, d], [batch, seq, heads, d], [batch, heads, q, k])."""
     return m[None, :, None] if layout == "resid" else m[None, ..., None]
 
 
@@ -49,7 +50,7 @@ class Blend:
 
     def __call__(self, x, payload):
         src, m = payload
-        m = _mask_like(m, x, self.layout).astype(x.dtype)
+        m = _mask_like(m, self.layout).astype(x.dtype)
         src = src.astype(x.dtype)
         return jnp.where(m == 1, src, x + m * (src - x))
 

@@ -21,6 +21,7 @@ from penzai import pz
 
 from jaxsae.causal import heads as heads_mod
 from jaxsae.causal import interventions as iv
+from jaxsae.causal import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +124,7 @@ def train(cfg: InductionConfig = InductionConfig(), progress: bool = False):
     model = pz.bind_variables(slots, values, unfreeze_as_copy=True)
     trained = dataclasses.replace(lm, model=model)
     test = jnp.asarray(prompts(cfg, jax.random.key(cfg.seed + 10_000), 64))
-    logits = np.asarray(trained(test), np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
-    nll = -np.take_along_axis(logp[:, :-1], np.asarray(test)[:, 1:, None], axis=-1)[..., 0]
-    return trained, {"loss": losses, "first_half_loss": float(nll[:, 1 : cfg.period].mean()),
-                     "second_half_loss": float(nll[:, cfg.period + 1 :].mean())}
+    logits = trained(test)
+    first = metrics.loss(test, 1, cfg.period)(logits)  # predictions of r_2..r_n (r_1 follows BOS)
+    second = metrics.loss(test, cfg.period + 1)(logits)  # the second repeat after its first token
+    return trained, {"loss": losses, "first_half_loss": float(first.mean()), "second_half_loss": float(second.mean())}
