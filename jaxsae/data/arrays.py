@@ -44,14 +44,15 @@ class ArraySource:
         if y_no is not None and y_no.shape[0] != x_nd.shape[0]:
             raise ValueError(f"data: x has {x_nd.shape[0]} rows but y has {y_no.shape[0]}; they must match row for row")
         for what, arr, want in (("input", x_nd, expect_d_in), ("target", y_no, expect_d_out)):
-            if arr is not None and want is not None and arr.shape[1] != want:
-                raise ValueError(f"data: {what} width is {arr.shape[1]} but the dictionary expects {want}; "
+            if arr is not None and want is not None and arr.shape[-1] != want:
+                raise ValueError(f"data: {what} width is {arr.shape[-1]} but the dictionary expects {want}; "
                                  f"pass data of width {want} or change the dictionary's width")
         self.x, self.y = x_nd, y_no
         self.seed, self.batch_size = seed, batch_size
         self.n = x_nd.shape[0]
-        self.d_in = x_nd.shape[1]
-        self.d_out = self.d_in if y_no is None else y_no.shape[1]
+        self.d_in = x_nd.shape[-1]
+        self.d_out = self.d_in if y_no is None else y_no.shape[-1]
+        self.n_layers = x_nd.shape[1] if len(x_nd.shape) == 3 else None
         self._perms: dict[int, np.ndarray] = {}
         self.process_index, self.process_count = process
         if batch_size % self.process_count:
@@ -84,10 +85,30 @@ class ArraySource:
 
     def _read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(idx)  # sorted reads are kinder to memory maps
-        x = np.empty((len(idx), self.d_in), np.float32)
+        x = np.empty((len(idx), *self.x.shape[1:]), np.float32)
         x[order] = self.x[idx[order]]
         if self.y is None:
             return x, x
-        y = np.empty((len(idx), self.d_out), np.float32)
+        y = np.empty((len(idx), *self.y.shape[1:]), np.float32)
         y[order] = self.y[idx[order]]
         return x, y
+
+
+class StackedRows:
+    """Several [N, d] row arrays (one per site, e.g. per layer) read as one [N, L, d] array."""
+
+    def __init__(self, arrays: list, names: list[str]):
+        widths = {a.shape[1] for a in arrays}
+        rows = {a.shape[0] for a in arrays}
+        if len(widths) != 1 or len(rows) != 1:
+            raise ValueError(f"data: the sites {names} must share one width and row count to be stacked as "
+                             f"layers; widths {[a.shape[1] for a in arrays]}, rows {[a.shape[0] for a in arrays]}")
+        self.arrays = arrays
+        self.shape = (rows.pop(), len(arrays), widths.pop())
+        self.ndim = 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return np.stack([np.asarray(a[idx], np.float32) for a in self.arrays], axis=1)

@@ -6,7 +6,7 @@ shards. Batching, read-ahead and the checkpointed iterator state are the Grain p
 
 from __future__ import annotations
 
-from jaxsae.data.arrays import ArraySource
+from jaxsae.data.arrays import ArraySource, StackedRows
 from jaxsae.data.store import Store, StoreError
 
 
@@ -22,3 +22,23 @@ class StoreSource(ArraySource):
         self.info = store.manifest["sites"][site]
         self.model_name = store.manifest.get("model")
         super().__init__(store.site(site), None, seed, batch_size, process=process)
+
+
+class LayeredStoreSource(ArraySource):
+    """Batches [B, L, d] of several sites of one store (`data.in_sites` read, `data.out_sites`
+    predicted; one per layer), row-aligned because one harvest forward wrote them all."""
+
+    def __init__(self, path: str, in_sites: tuple[str, ...], out_sites: tuple[str, ...], seed: int, batch_size: int,
+                 process: tuple[int, int] = (0, 1), verify: bool = True):
+        store = Store(path, verify=verify)
+        missing = [s for s in (*in_sites, *out_sites) if s not in store.sites]
+        if missing:
+            raise StoreError(f"{path} lacks the site(s) {missing}; it holds {store.sites}. Harvest them together: "
+                             "--config.data.lm.sites=(...every in and out site...)")
+        self.store, self.site = store, in_sites[0]
+        self.in_sites, self.out_sites = tuple(in_sites), tuple(out_sites or in_sites)
+        self.model_name = store.manifest.get("model")
+        x = StackedRows([store.site(s) for s in self.in_sites], list(self.in_sites))
+        y = None if self.out_sites == self.in_sites else StackedRows([store.site(s) for s in self.out_sites],
+                                                                     list(self.out_sites))
+        super().__init__(x, y, seed, batch_size, process=process)

@@ -25,6 +25,11 @@ class StreamSource:
         lm, tok = harvest_lib.load_lm(d.lm)
         ds = harvest_lib.token_windows(d.text, tok, d.lm.context, seed)
         self.site = d.site or d.lm.sites[0]
+        # multi-layer dictionaries read one site per layer (in_sites) and predict out_sites
+        self.in_sites = tuple(d.in_sites) or (self.site,)
+        self.out_sites = tuple(d.out_sites) or self.in_sites
+        self.layered = bool(d.in_sites)
+        self.read_sites = list(dict.fromkeys(self.in_sites + self.out_sites))
         self.model_name = harvest_lib.model_path(d.lm)
         self.seed, self.batch_size = seed, batch_size
         self.process_index, self.process_count = process
@@ -40,9 +45,11 @@ class StreamSource:
         self.keep = keep
         self.starts = np.concatenate([[0], np.cumsum(counts)])
         self.epoch_rows = int(self.starts[-1])
-        self.capture = sites.capture_fn(lm, [self.site])
+        self.capture = sites.capture_fn(lm, self.read_sites)
         self._cache: dict[int, np.ndarray] = {}
-        self.d_in = self.d_out = self._chunk(0).shape[1]
+        self.width = self._chunk(0).shape[1] // len(self.read_sites)
+        self.d_in = self.d_out = self.width
+        self.n_layers = len(self.in_sites) if self.layered else None
 
     def _chunk(self, c: int) -> np.ndarray:
         """Shuffled activations of chunk c (windows of chunk c mod n_chunks, shuffle from (seed, c))."""
@@ -52,8 +59,10 @@ class StreamSource:
             w0 = (c % self.n_chunks) * self.chunk_windows
             rows = []
             for s in range(w0, w0 + self.chunk_windows, self.bw):
-                acts = self.capture(jnp.asarray(self.tokens[s : s + self.bw]))[self.site]
-                rows.append(tokens_lib.text_rows(acts, self.keep[s : s + self.bw]).astype(np.float32))
+                acts = self.capture(jnp.asarray(self.tokens[s : s + self.bw]))
+                keep = self.keep[s : s + self.bw]
+                rows.append(np.concatenate([tokens_lib.text_rows(acts[site], keep).astype(np.float32)
+                                            for site in self.read_sites], axis=1))
             x = np.concatenate(rows)
             self._cache[c] = x[np.random.default_rng((self.seed, c)).permutation(len(x))]
         return self._cache[c]
@@ -71,12 +80,21 @@ class StreamSource:
             out[m] = data[within[m] - self.starts[local[m]]]
         return out
 
+    def _split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The captured columns -> (x, y): [B, d] for one site, [B, L, d] for in/out site lists."""
+        if not self.layered:
+            return rows, rows
+        per_site = rows.reshape(rows.shape[0], len(self.read_sites), self.width)
+        col = {site: i for i, site in enumerate(self.read_sites)}
+        x = per_site[:, [col[s] for s in self.in_sites]]
+        y = x if self.out_sites == self.in_sites else per_site[:, [col[s] for s in self.out_sites]]
+        return x, y
+
     def global_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        x = self._rows(np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64))
-        return x, x
+        return self._split(self._rows(np.arange(step * self.batch_size, (step + 1) * self.batch_size, dtype=np.int64)))
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        x, _ = self.global_batch(step)
         share = self.batch_size // self.process_count
-        x = x[self.process_index * share : (self.process_index + 1) * share]
-        return x, x
+        x, y = self.global_batch(step)
+        part = slice(self.process_index * share, (self.process_index + 1) * share)
+        return x[part], y[part]

@@ -72,6 +72,8 @@ class Dictionary(abc.ABC):
     default_b_dec_to_input: ClassVar[bool] = False
     # what SAELens calls this architecture at inference (after `to_inference`)
     saelens_architecture: ClassVar[str] = ""
+    # the directory layout `train.loop` exports to (jaxsae.interop: "saelens" | "circuit_tracer")
+    export_format: ClassVar[str] = "saelens"
 
     def __post_init__(self):
         for field in ("d_in", "d_sae"):
@@ -115,6 +117,13 @@ class Dictionary(abc.ABC):
         if self.skip:
             shapes["W_skip"] = ((d, o), (axes.D_IN, axes.D_OUT))
         return shapes
+
+    def input_axes(self) -> tuple[str, ...]:
+        """Logical axes of a training batch of inputs (multi-layer dictionaries add LAYER)."""
+        return (axes.BATCH, axes.D_IN)
+
+    def target_axes(self) -> tuple[str, ...]:
+        return (axes.BATCH, axes.D_OUT)
 
     def param_axes(self) -> dict[str, tuple[str | None, ...]]:
         return {k: a for k, (_, a) in self.param_shapes().items()}

@@ -35,7 +35,8 @@ def _rect(z, theta, eps):
 
 
 def _sum_to_theta(g, theta):
-    return ops.batch_sum(g)  # reduce every leading axis (batch and sequence) to theta's shape
+    """Reduce every leading axis (batch, sequence) to theta's shape ([F], or [L, F] for a CLT)."""
+    return ops.batch_sum(g.reshape(-1, theta.size)).reshape(theta.shape)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -1,4 +1,6 @@
-"""Architecture name -> spec class; `build` validates names and fields with clear errors."""
+"""Architecture name -> spec class; `build` validates names and fields with clear errors.
+
+The registry imports every architecture; no architecture imports the registry."""
 
 from __future__ import annotations
 
@@ -6,30 +8,41 @@ import dataclasses
 
 from jaxsae.dictionaries.base import Dictionary
 from jaxsae.dictionaries.batchtopk import BatchTopK
+from jaxsae.dictionaries.clt import CrossLayerTranscoder
 from jaxsae.dictionaries.gated import Gated
 from jaxsae.dictionaries.jumprelu import JumpReLU
 from jaxsae.dictionaries.matryoshka import MatryoshkaBatchTopK
 from jaxsae.dictionaries.relu import ReLU
 from jaxsae.dictionaries.topk import TopK
+from jaxsae.dictionaries.transcoder import transcoder_fields
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {
     cls.name: cls for cls in (ReLU, TopK, BatchTopK, JumpReLU, Gated, MatryoshkaBatchTopK)
 }
-NAMES = tuple(ARCHITECTURES) + ("transcoder",)
+# architectures over several layers (inputs [B, L, D]); not a valid transcoder activation
+MULTI_LAYER: dict[str, type[Dictionary]] = {cls.name: cls for cls in (CrossLayerTranscoder,)}
+NAMES = tuple(ARCHITECTURES) + ("transcoder",) + tuple(MULTI_LAYER)
+
+
+def spec_class(architecture: str, activation: str = "topk") -> type[Dictionary]:
+    if architecture == "transcoder":
+        return ARCHITECTURES[activation]
+    if architecture in MULTI_LAYER:
+        return MULTI_LAYER[architecture]
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; valid choices: {', '.join(NAMES)}")
+    return ARCHITECTURES[architecture]
 
 
 def build(architecture: str, **kw) -> Dictionary:
     """Build a spec by name. Unknown names or fields fail with the valid choices listed."""
     if architecture == "transcoder":
-        from jaxsae.dictionaries.transcoder import make_transcoder
-
         activation = kw.pop("activation", "topk")
-        if activation in ARCHITECTURES:
-            _check_fields(ARCHITECTURES[activation], kw, f"transcoder({activation})")
-        return make_transcoder(activation, **kw)
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; valid choices: {', '.join(NAMES)}")
-    cls = ARCHITECTURES[architecture]
+        kw = transcoder_fields(activation, kw)
+        cls = ARCHITECTURES[activation]
+        _check_fields(cls, kw, f"transcoder({activation})")
+        return cls.create(**kw)
+    cls = spec_class(architecture)
     _check_fields(cls, kw, architecture)
     return cls.create(**kw)
 

@@ -33,6 +33,11 @@ class ToySpec:
     correlated_pairs: int = 0
     hierarchy_children: int = 0
     noise_std: float = 0.0
+    # multi-layer toy (jaxsae/toy/layered.py) when layers > 0: batches [B, layers, d]
+    layers: int = 0
+    layer_mode: str = "clt"  # clt: per-layer features writing forward | crosscoder: features shared by layers
+    write_decay: float = 0.7  # clt: each later layer's write is this much weaker
+    exclusive_fraction: float = 0.0  # crosscoder: features present in one layer only
 
     def __post_init__(self):
         if self.d_in <= 0 or self.n_features <= 0:
@@ -41,6 +46,8 @@ class ToySpec:
             raise ValueError(f"toy: firing_prob must be in (0, 1], got {self.firing_prob}")
         if 2 * self.correlated_pairs > self.n_features:
             raise ValueError("toy: correlated_pairs needs 2 features per pair")
+        if self.layers < 0 or not 0 < self.write_decay <= 1 or not 0 <= self.exclusive_fraction <= 1:
+            raise ValueError("toy: layers must be >= 0, write_decay in (0, 1], exclusive_fraction in [0, 1]")
 
 
 @flax.struct.dataclass

@@ -16,7 +16,10 @@ def inference_sae(spec: Dictionary, state: TrainState) -> SAE:
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), jax.device_get(state.params))
     dict_state = jax.device_get(state.dict_state)
     inf_spec, params = spec.to_inference(params, dict_state)
-    params = inf_spec.fold_input_scaling(params, float(state.scale_in), float(state.scale_out))
+    c_in, c_out = np.asarray(state.scale_in, np.float32), np.asarray(state.scale_out, np.float32)
+    if c_in.ndim == 0:  # one scalar per site (multi-layer dictionaries: one per layer)
+        c_in, c_out = float(c_in), float(c_out)
+    params = inf_spec.fold_input_scaling(params, c_in, c_out)
     if not spec.unit_norm_decoder:
         params = inf_spec.fold_decoder_norms(params)
     return SAE(inf_spec, jax.tree.map(np.asarray, params))

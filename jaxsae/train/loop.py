@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxsae import axes, runlock, sharding
+from jaxsae import runlock, sharding
 from jaxsae.atomic import atomic_write_text, remove_temporaries
 from jaxsae.config import Config, DataConfig
 from jaxsae.data import pipeline
@@ -36,12 +36,23 @@ from jaxsae.train.step import make_train_step
 log = logging.getLogger("jaxsae")
 
 
+# Steps dispatched ahead of the device: enough to overlap the host's batch assembly with the step,
+# few enough that XLA's CPU runtime never holds a long queue of collective programs (with 8 fake
+# devices on 2 cores an unbounded queue can leave one device's all-reduce waiting past its
+# 40 s rendezvous timeout, which aborts the process).
+MAX_IN_FLIGHT = 2
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
 def make_source(d: DataConfig, seed: int, batch_size: int):
     if d.source == "toy":
+        if d.toy.layers > 0:
+            from jaxsae.toy.layered import LayeredToySource
+
+            return LayeredToySource(d.toy, seed, batch_size)
         from jaxsae.toy.synthetic import ToySource
 
         return ToySource(d.toy, seed, batch_size)
@@ -49,6 +60,11 @@ def make_source(d: DataConfig, seed: int, batch_size: int):
         x = load_npy(d.path, "data.path")
         y = load_npy(d.y_path, "data.y_path") if d.y_path else None
         return ArraySource(x, y, seed, batch_size, process=(jax.process_index(), jax.process_count()))
+    if d.source == "store" and d.in_sites:
+        from jaxsae.data.store_source import LayeredStoreSource
+
+        return LayeredStoreSource(d.path, d.in_sites, d.out_sites, seed, batch_size,
+                                  process=(jax.process_index(), jax.process_count()))
     if d.source == "store":
         from jaxsae.data.store_source import StoreSource
 
@@ -90,29 +106,38 @@ def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
     xs, ys = zip(*(whole(i) for i in range(n_batches)))
     x_all, y_all = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32)
     n_rows = n_norm * cfg.train.batch_size
-    c_in = data_init.norm_scale(x_all[:n_rows], sched.normalize)
-    c_out = data_init.norm_scale(y_all[:n_rows], sched.normalize) if spec.is_transcoder else c_in
+    if x_all.ndim == 3:  # [N, L, d]: each layer normalised on its own, scales [L, 1]
+        c_in = np.float32([[data_init.norm_scale(x_all[:n_rows, i], sched.normalize)] for i in range(x_all.shape[1])])
+        c_out = np.float32([[data_init.norm_scale(y_all[:n_rows, i], sched.normalize)] for i in range(y_all.shape[1])])
+    else:
+        c_in = np.float32(data_init.norm_scale(x_all[:n_rows], sched.normalize))
+        c_out = np.float32(data_init.norm_scale(y_all[:n_rows], sched.normalize)) if spec.is_transcoder else c_in
     need_rows = cfg.train.b_dec_samples
     init = cfg.train.b_dec_init
     y_s = y_all[:need_rows] * c_out
     if init == "geometric_median":
-        b_dec = data_init.geometric_median(jnp.asarray(y_s))
+        median = data_init.geometric_median
+        b_dec = median(jnp.asarray(y_s)) if y_s.ndim == 2 else jax.vmap(median, in_axes=1)(jnp.asarray(y_s))
     elif init == "mean":
         b_dec = jnp.asarray(y_s.mean(0))
     else:
-        b_dec = jnp.zeros((spec.out_dim,), jnp.float32)
-    return np.float32(c_in), np.float32(c_out), np.asarray(b_dec)  # host values: identical on every process
+        b_dec = jnp.zeros(y_s.shape[1:], jnp.float32)
+    return c_in, c_out, np.asarray(b_dec)  # host values: identical on every process
 
 
 def setup(cfg: Config, mesh=None) -> Run:
     cfg = cfg.validate()
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
     source = make_source(cfg.data, cfg.seed, cfg.train.batch_size)
-    is_tc = source.d_out != source.d_in or cfg.sae.architecture == "transcoder"
+    is_tc = source.d_out != source.d_in or cfg.sae.architecture in ("transcoder", "clt")
     d_out = source.d_out if is_tc else None
     if cfg.sae.d_out is not None and cfg.sae.d_out != source.d_out:
         raise ValueError(f"sae.d_out={cfg.sae.d_out} but the data's target width is {source.d_out}")
-    spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out, cfg.train.steps)
+    spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out, cfg.train.steps,
+                                    n_layers=getattr(source, "n_layers", None))
+    if spec.input_axes()[1:-1] and not getattr(source, "n_layers", None):
+        raise ValueError(f"sae.architecture={cfg.sae.architecture} reads several layers, but the data gives one "
+                         "site; set data.in_sites/out_sites (store, stream) or data.toy.layers (toy)")
     sched = recipes.resolve(cfg.sae.architecture, cfg.sae.activation, cfg.sae.d_sae, cfg.train)
     n_data = mesh.shape[sharding.DATA]
     if cfg.train.batch_size % n_data:
@@ -132,7 +157,10 @@ def init_state(run: Run):
         return state_lib.create(spec, tx, key, b_dec, c_in, c_out)
 
     key = jax.random.key(run.cfg.seed)
-    dummy = (key, jnp.zeros((spec.out_dim,), jnp.float32), jnp.float32(1), jnp.float32(1))
+    n_layers = getattr(run.source, "n_layers", None) if len(spec.input_axes()) == 3 else None
+    scale = jnp.ones((n_layers, 1), jnp.float32) if n_layers else jnp.float32(1)
+    b_dec_shape = (n_layers, spec.out_dim) if n_layers else (spec.out_dim,)
+    dummy = (key, jnp.zeros(b_dec_shape, jnp.float32), scale, scale)
     abstract = jax.eval_shape(init_fn, *dummy)
     shardings = sharding.fit_shardings(run.mesh, state_lib.logical_axes(spec, tx, abstract), abstract)
     sharding.check_placement(abstract, shardings)
@@ -241,8 +269,8 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
         run.already_finished = True
         return run
 
-    x_sh = sharding.named(mesh, (axes.BATCH, axes.D_IN))
-    y_sh = sharding.named(mesh, (axes.BATCH, axes.D_OUT))
+    x_sh = sharding.named(mesh, spec.input_axes())
+    y_sh = sharding.named(mesh, spec.target_axes())
     step_fn = jax.jit(make_train_step(spec, tx, sched, cfg.train.dead_tokens),
                       in_shardings=(shardings, x_sh, y_sh), out_shardings=(shardings, None), donate_argnums=0)
 
@@ -317,6 +345,8 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
                 x, y = next(batches)
                 state, m = step_fn(state, to_global(x, x_sh), to_global(y, y_sh))
                 pending.append((step, m))
+                if len(pending) > MAX_IN_FLIGHT:  # bound the steps queued ahead of the device
+                    jax.block_until_ready(pending[-MAX_IN_FLIGHT - 1][1]["loss"])
                 done = step + 1
                 save_now = done % cfg.train.checkpoint_every == 0 or done == sched.total_steps
                 if save_now or done % cfg.train.log_every == 0:
@@ -357,12 +387,14 @@ def _finished(workdir: str, total_steps: int) -> bool:
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
         with open(os.path.join(workdir, "export", "cfg.json")) as f:
-            meta = json.load(f).get("metadata", {})
+            export_cfg = json.load(f)
+        meta = export_cfg.get("metadata", {})
+        files = export_cfg.get("files", ["sae_weights.safetensors"])  # circuit-tracer layouts list theirs
     except (OSError, ValueError):
         return False
     return (isinstance(summary, dict) and summary.get("steps") == total_steps
             and meta.get("training_steps") == total_steps
-            and os.path.isfile(os.path.join(workdir, "export", "sae_weights.safetensors")))
+            and all(os.path.isfile(os.path.join(workdir, "export", name)) for name in files))
 
 
 def finish(run: Run, workdir: str) -> dict:
@@ -389,12 +421,23 @@ def finish(run: Run, workdir: str) -> dict:
     if jax.process_index() != 0:
         return {}
     remove_temporaries(os.path.join(workdir, "export"))  # left by a writer killed mid-export
-    saelens.save(sae, os.path.join(workdir, "export"), meta)
+    if run.spec.export_format == "circuit_tracer":
+        from jaxsae.interop import circuit_tracer
+
+        meta["in_sites"] = list(getattr(run.source, "in_sites", ()))
+        meta["out_sites"] = list(getattr(run.source, "out_sites", ()))
+        circuit_tracer.save(sae, os.path.join(workdir, "export"), meta)
+    else:
+        saelens.save(sae, os.path.join(workdir, "export"), meta)
     summary = {"export": os.path.join(workdir, "export"), "steps": run.schedule.total_steps,
                "final": run.metrics[-1] if run.metrics else {}}
     if run.resumed_with_changes:
         summary["resumed_with_changes"] = run.resumed_with_changes
-    if run.cfg.data.source == "toy":
+    if run.cfg.data.source == "toy" and run.cfg.data.toy.layers and run.spec.name == "clt":
+        from jaxsae.toy.layered import clt_recovery
+
+        summary["ground_truth"] = clt_recovery(sae.params, run.source.features)
+    elif run.cfg.data.source == "toy" and not run.cfg.data.toy.layers:
         from jaxsae.evals.ground_truth import recovery
 
         feats = run.source.features

@@ -11,7 +11,7 @@ import math
 
 from jaxsae.config import SAEConfig, TrainConfig
 from jaxsae.dictionaries.base import Dictionary
-from jaxsae.dictionaries.registry import ARCHITECTURES, build
+from jaxsae.dictionaries.registry import build, spec_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,11 @@ def _topk_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
 
-def recipe(architecture: str, d_sae: int) -> Recipe:
+def recipe(architecture: str, d_sae: int, activation: str = "topk") -> Recipe:
+    if architecture == "clt":
+        if activation == "jumprelu":  # Anthropic's Jan-2025 recipe: lambda ramped over the whole run
+            return Recipe(2e-4, 0.9, 0.999, 1e-8, 1000, 0.2, -100, "expected_norm")
+        return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
     if architecture == "topk":
         return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
     if architecture in ("batchtopk", "matryoshka"):
@@ -63,7 +67,7 @@ class Schedule:
 
 def resolve(architecture: str, activation: str, d_sae: int, t: TrainConfig) -> Schedule:
     arch = activation if architecture == "transcoder" else architecture
-    r = recipe(arch, d_sae)
+    r = recipe(arch, d_sae, activation)
     n = t.steps
     pick = lambda v, d: d if v is None else v
     # a negative published sparsity warm-up means "this percentage of the run"
@@ -83,18 +87,21 @@ def resolve(architecture: str, activation: str, d_sae: int, t: TrainConfig) -> S
 
 _SPEC_FIELDS = ("sparsity_coefficient", "variant", "bandwidth", "threshold_init", "k_aux", "aux_alpha",
                 "multi_topk", "sparse_decoder", "group_fractions", "threshold_start_step",
-                "apply_b_dec_to_input")
+                "apply_b_dec_to_input", "pre_act_coefficient", "tanh_c")
 
 
-def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None, total_steps: int | None = None) -> Dictionary:
+def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None, total_steps: int | None = None,
+                     n_layers: int | None = None) -> Dictionary:
     """Build the dictionary spec: fields that are None or foreign to the architecture keep their
     defaults; fields the user set for the wrong architecture are rejected by `build`. With
     `total_steps`, the BatchTopK threshold EMA starts by step min(1000, total/10) so short runs
     still learn the threshold their JumpReLU export needs."""
-    arch = s.activation if s.architecture == "transcoder" else s.architecture
-    cls = ARCHITECTURES[arch]
+    cls = spec_class(s.architecture, s.activation)
     valid = {f.name for f in dataclasses.fields(cls)}
     kw: dict = {"d_in": d_in, "d_sae": s.d_sae}
+    if "n_layers" in valid:  # multi-layer dictionaries: the layer count comes from the data
+        kw["n_layers"] = n_layers or 1
+        kw["activation"] = s.activation
     if d_out is not None and d_out != d_in:
         kw["d_out"] = d_out
     if s.architecture == "transcoder":
