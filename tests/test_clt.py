@@ -18,10 +18,10 @@ from jaxsae.dictionaries.base import LossContext
 from jaxsae.interop import circuit_tracer as ct_io
 from jaxsae.train import loop
 
-L, D, F, O, B = 3, 8, 12, 6, 20
+L, D, F, D_OUT, B = 3, 8, 12, 6, 20
 
 
-def _spec(activation, d_out=O, **kw):
+def _spec(activation, d_out=D_OUT, **kw):
     return registry.build("clt", d_in=D, d_sae=F, d_out=d_out, n_layers=L, activation=activation, k=3, **kw)
 
 
@@ -70,7 +70,7 @@ def test_forward_and_loss_match_numpy(activation):
     p = _params(spec)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(B, L, D)).astype(np.float32)
-    y = rng.normal(size=(B, L, O)).astype(np.float32)
+    y = rng.normal(size=(B, L, D_OUT)).astype(np.float32)
     pre, a_ref = _ref_acts(spec, p, x)
     a = np.asarray(spec.encode(p, x))
     np.testing.assert_allclose(a, a_ref, rtol=1e-5, atol=1e-5)

@@ -40,6 +40,6 @@ def logical_axes(spec: Dictionary, tx: optax.GradientTransformation, abstract: T
         tx, lambda _, ax: ax, abstract.opt_state, p_axes,
         transform_non_params=lambda leaf: (None,) * len(leaf.shape), is_leaf=sharding.is_axes,
     )
-    scale_axes = lambda a: (None,) * len(a.shape)  # a scalar, or one per layer ([L, 1])
+    # the scales are a scalar, or one per layer ([L, 1]): replicated either way
     return TrainState(step=(), params=p_axes, opt_state=opt_axes, dict_state=spec.state_axes(),
-                      scale_in=scale_axes(abstract.scale_in), scale_out=scale_axes(abstract.scale_out))
+                      scale_in=(None,) * abstract.scale_in.ndim, scale_out=(None,) * abstract.scale_out.ndim)
