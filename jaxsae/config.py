@@ -102,6 +102,9 @@ class DataConfig:
     # order) and written; e.g. in_sites=('blocks.0.ln2.hook_normalized', ...), out_sites=('blocks.0.hook_mlp_out', ...)
     in_sites: tuple[str, ...] = ()
     out_sites: tuple[str, ...] = ()
+    # crosscoders across models (model diffing): one store per model, harvested with the same text,
+    # windows and seed; data.site of each is stacked as a "layer"
+    paths: tuple[str, ...] = ()
     toy: ToySpec = ToySpec()  # the synthetic generator (source=toy): --config.data.toy.d_in=...
     text: TextConfig = TextConfig()
     lm: LMConfig = LMConfig()
@@ -148,6 +151,23 @@ class Config:
                                  "(each layer's blocks.L.hook_mlp_out)")
             if d.source == "toy" and d.toy.layers < 1:
                 raise ValueError("sae.architecture=clt on toy data needs --config.data.toy.layers=L (>= 1)")
+        if s.architecture == "crosscoder":
+            from jaxsae.dictionaries.crosscoder import ACTIVATIONS as CC_ACTIVATIONS
+
+            if s.activation not in CC_ACTIVATIONS:
+                raise ValueError(f"sae.activation={s.activation!r} is unknown for a crosscoder; valid choices: "
+                                 f"{', '.join(CC_ACTIVATIONS)}")
+            if d.source == "toy" and d.toy.layers < 1:
+                raise ValueError("sae.architecture=crosscoder on toy data needs --config.data.toy.layers=L and "
+                                 "--config.data.toy.layer_mode=crosscoder")
+            if d.source in ("store", "stream") and not (d.in_sites or d.paths):
+                raise ValueError("sae.architecture=crosscoder reads several sites or models: set "
+                                 "--config.data.in_sites=(...) (layers of one model) or --config.data.paths=(...) "
+                                 "(one store per model, same text, windows and seed) with --config.data.site")
+            if d.out_sites and tuple(d.out_sites) != tuple(d.in_sites):
+                raise ValueError("a crosscoder reconstructs the sites it reads: leave data.out_sites empty")
+        if d.paths and d.source != "store":
+            raise ValueError("data.paths (one store per model) needs data.source=store")
         if d.in_sites and len(d.in_sites) != len(d.out_sites or d.in_sites):
             raise ValueError(f"data.in_sites has {len(d.in_sites)} sites but data.out_sites has "
                              f"{len(d.out_sites)}; give one output site per input site")
@@ -165,7 +185,7 @@ class Config:
             raise ValueError(f"data.source={d.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
         if d.source == "npy" and not d.path:
             raise ValueError("data.source=npy needs --config.data.path=FILE.npy (an [N, d_in] float array)")
-        if d.source == "store" and not d.path:
+        if d.source == "store" and not (d.path or d.paths):
             raise ValueError("data.source=store needs --config.data.path=DIR (a store written by experiments.harvest)")
         if d.text.kind not in TEXT_KINDS:
             raise ValueError(f"data.text.kind={d.text.kind!r} is unknown; valid choices: {', '.join(TEXT_KINDS)}")

@@ -42,3 +42,30 @@ class LayeredStoreSource(ArraySource):
         y = None if self.out_sites == self.in_sites else StackedRows([store.site(s) for s in self.out_sites],
                                                                      list(self.out_sites))
         super().__init__(x, y, seed, batch_size, process=process)
+
+
+class ModelsStoreSource(ArraySource):
+    """Batches [B, M, d] of one site of M stores, one per model (crosscoder model diffing). The
+    stores must hold the same token windows (same text, windows, context and seed; models that
+    share a tokenizer): row r of every store is then the same token."""
+
+    def __init__(self, paths: tuple[str, ...], site: str | None, seed: int, batch_size: int,
+                 process: tuple[int, int] = (0, 1), verify: bool = True):
+        stores = [Store(p, verify=verify) for p in paths]
+        site = site or stores[0].sites[0]
+        keys = ("text", "context", "seed", "windows_total", "tokens")
+        ref = {k: stores[0].manifest.get(k) for k in keys}
+        for p, st in zip(paths, stores):
+            if site not in st.sites:
+                raise StoreError(f"{p} has no site {site!r}; it holds {st.sites}")
+            mine = {k: st.manifest.get(k) for k in keys}
+            if mine != ref:
+                diff = [k for k in keys if mine[k] != ref[k]]
+                raise StoreError(f"{p} was harvested from other token windows than {paths[0]} (differs in {diff}); "
+                                 "harvest every model with the same text, windows, context and seed")
+        self.store, self.site = stores[0], site
+        self.in_sites = (site,) * len(paths)
+        self.models = tuple(st.manifest.get("model") for st in stores)
+        self.model_name = " | ".join(str(m) for m in self.models)
+        x = StackedRows([st.site(site) for st in stores], list(paths))
+        super().__init__(x, None, seed, batch_size, process=process)

@@ -9,6 +9,7 @@ import dataclasses
 from jaxsae.dictionaries.base import Dictionary
 from jaxsae.dictionaries.batchtopk import BatchTopK
 from jaxsae.dictionaries.clt import CrossLayerTranscoder
+from jaxsae.dictionaries.crosscoder import Crosscoder
 from jaxsae.dictionaries.gated import Gated
 from jaxsae.dictionaries.jumprelu import JumpReLU
 from jaxsae.dictionaries.matryoshka import MatryoshkaBatchTopK
@@ -20,7 +21,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
     cls.name: cls for cls in (ReLU, TopK, BatchTopK, JumpReLU, Gated, MatryoshkaBatchTopK)
 }
 # architectures over several layers (inputs [B, L, D]); not a valid transcoder activation
-MULTI_LAYER: dict[str, type[Dictionary]] = {cls.name: cls for cls in (CrossLayerTranscoder,)}
+MULTI_LAYER: dict[str, type[Dictionary]] = {cls.name: cls for cls in (CrossLayerTranscoder, Crosscoder)}
 NAMES = tuple(ARCHITECTURES) + ("transcoder",) + tuple(MULTI_LAYER)
 
 

@@ -126,3 +126,31 @@ def clt_recovery(params: dict, feats: LayeredFeatures) -> dict:
         keys = out[part][0].keys()
         out[f"{part}_mean"] = {k: float(np.mean([r[k] for r in out[part]])) for k in keys}
     return out
+
+
+def crosscoder_recovery(params: dict, feats: LayeredFeatures) -> dict:
+    """Recovery of the true per-layer directions (concatenated over layers) by the crosscoder's
+    decoder, and whether the decoder-norm analysis classes every recovered exclusive feature into
+    its own layer's class (two layers) and shared ones as shared."""
+    import numpy as np
+
+    from jaxsae.evals import crosscoder_diff
+    from jaxsae.evals.ground_truth import max_cosines, recovery
+
+    w = np.asarray(params["W_dec"])  # [F, L, d]
+    truth = np.asarray(jnp.transpose(feats.in_dirs_lnd, (1, 0, 2)))  # [n, L, d]
+    out = {"decoder": recovery(w.reshape(w.shape[0], -1), truth.reshape(truth.shape[0], -1))}
+    owner = np.asarray(feats.owner_n)
+    if feats.spec.layers == 2:
+        cls = np.asarray(crosscoder_diff.classify(crosscoder_diff.relative_norm(w)))
+        flat_w = w.reshape(w.shape[0], -1)
+        unit = flat_w / np.maximum(np.linalg.norm(flat_w, axis=-1, keepdims=True), 1e-12)
+        t = truth.reshape(truth.shape[0], -1)
+        t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+        best = np.argmax(t @ unit.T, axis=1)  # each true feature's best latent
+        cos = max_cosines(flat_w, t)
+        want = np.where(owner == 0, "a_only", np.where(owner == 1, "b_only", "shared"))
+        ok = (cls[best] == want) & (cos > 0.9)
+        out["exclusive_found"] = float(ok[owner >= 0].mean()) if (owner >= 0).any() else float("nan")
+        out["shared_found"] = float(ok[owner < 0].mean()) if (owner < 0).any() else float("nan")
+    return out

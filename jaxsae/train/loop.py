@@ -60,6 +60,10 @@ def make_source(d: DataConfig, seed: int, batch_size: int):
         x = load_npy(d.path, "data.path")
         y = load_npy(d.y_path, "data.y_path") if d.y_path else None
         return ArraySource(x, y, seed, batch_size, process=(jax.process_index(), jax.process_count()))
+    if d.source == "store" and d.paths:
+        from jaxsae.data.store_source import ModelsStoreSource
+
+        return ModelsStoreSource(d.paths, d.site, seed, batch_size, process=(jax.process_index(), jax.process_count()))
     if d.source == "store" and d.in_sites:
         from jaxsae.data.store_source import LayeredStoreSource
 
@@ -427,6 +431,12 @@ def finish(run: Run, workdir: str) -> dict:
         meta["in_sites"] = list(getattr(run.source, "in_sites", ()))
         meta["out_sites"] = list(getattr(run.source, "out_sites", ()))
         circuit_tracer.save(sae, os.path.join(workdir, "export"), meta)
+    elif run.spec.export_format == "crosscoder":
+        from jaxsae.interop import crosscoder
+
+        meta["sites"] = list(getattr(run.source, "in_sites", ()))
+        meta["models"] = list(getattr(run.source, "models", ()))
+        crosscoder.save(sae, os.path.join(workdir, "export"), meta)
     else:
         saelens.save(sae, os.path.join(workdir, "export"), meta)
     summary = {"export": os.path.join(workdir, "export"), "steps": run.schedule.total_steps,
@@ -437,6 +447,10 @@ def finish(run: Run, workdir: str) -> dict:
         from jaxsae.toy.layered import clt_recovery
 
         summary["ground_truth"] = clt_recovery(sae.params, run.source.features)
+    elif run.cfg.data.source == "toy" and run.cfg.data.toy.layers and run.spec.name == "crosscoder":
+        from jaxsae.toy.layered import crosscoder_recovery
+
+        summary["ground_truth"] = crosscoder_recovery(sae.params, run.source.features)
     elif run.cfg.data.source == "toy" and not run.cfg.data.toy.layers:
         from jaxsae.evals.ground_truth import recovery
 

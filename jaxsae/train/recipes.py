@@ -36,6 +36,10 @@ def recipe(architecture: str, d_sae: int, activation: str = "topk") -> Recipe:
         if activation == "jumprelu":  # Anthropic's Jan-2025 recipe: lambda ramped over the whole run
             return Recipe(2e-4, 0.9, 0.999, 1e-8, 1000, 0.2, -100, "expected_norm")
         return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
+    if architecture == "crosscoder":
+        if activation == "relu":  # the April-2024 L1 recipe, the penalty on the sum of decoder norms
+            return Recipe(5e-5, 0.9, 0.999, 1e-8, 1000, 0.2, -5, "expected_norm")
+        return Recipe(3e-4, 0.9, 0.999, 1e-8, 1000, 0.2, 0, "expected_norm")
     if architecture == "topk":
         return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
     if architecture in ("batchtopk", "matryoshka"):
