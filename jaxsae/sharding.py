@@ -32,6 +32,7 @@ RULES: Mapping[str, str | None] = {
     axes.VOCAB: MODEL,
     axes.NEURONS: MODEL,
     axes.HEADS: MODEL,
+    axes.SWEEP: None,  # every device trains every dictionary of a sweep on its batch and latent shard
 }
 
 AxisNames = Sequence[str | None]

@@ -38,6 +38,9 @@ class LossContext(NamedTuple):
 
     sparsity_scale: jax.Array  # in [0, 1]: the sparsity-coefficient warm-up factor
     dead_f: jax.Array  # bool [F]: latents currently counted as dead (for AuxK)
+    # a traced k at most the spec's (TopK: keep the first k_limit of the spec's k slots; BatchTopK:
+    # floor(B k_limit) in the batch): sweeps train several k in one compiled step (jaxsae.train.sweep)
+    k_limit: jax.Array | None = None
 
 
 class LossOutput(NamedTuple):
@@ -326,6 +329,9 @@ def batch_kth_largest(a_bf: jax.Array, n_keep: int) -> jax.Array:
     return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
-def n_batch_keep(n_rows: int, k: float) -> int:
-    """BatchTopK's budget: floor(rows * k) activations for the whole batch (k may be fractional)."""
+def n_batch_keep(n_rows: int, k) -> int | jax.Array:
+    """BatchTopK's budget: floor(rows * k) activations for the whole batch (k may be fractional,
+    or a traced value: then a traced count)."""
+    if isinstance(k, jax.Array):
+        return jnp.maximum(1, jnp.floor(n_rows * k)).astype(jnp.int32)
     return max(1, int(math.floor(n_rows * k)))

@@ -49,11 +49,12 @@ class BatchTopK(Dictionary):
     def aux_k(self) -> int:
         return min(self.d_sae, self.k_aux if self.k_aux is not None else max(1, self.d_in // 2))
 
-    def batch_encode(self, params, x_bd):
-        """(f, smallest kept value) with the batch-level top-k over all of x's rows."""
+    def batch_encode(self, params, x_bd, k=None):
+        """(f, smallest kept value) with the batch-level top-k over all of x's rows (k: the spec's,
+        or a traced one from a sweep)."""
         a_bf = jax.nn.relu(self.pre_acts(params, x_bd))
         flat = a_bf.reshape(-1, self.d_sae)
-        thr = batch_kth_largest(flat, n_batch_keep(flat.shape[0], self.k))
+        thr = batch_kth_largest(flat, n_batch_keep(flat.shape[0], self.k if k is None else k))
         keep = (a_bf >= thr) & (a_bf > 0)
         return jnp.where(keep, a_bf, 0.0), thr
 
@@ -65,7 +66,7 @@ class BatchTopK(Dictionary):
         return [self.decode(params, f_bf) + self.skip_out(params, x_bd)]
 
     def loss(self, params, x_bd, y_bo, ctx: LossContext) -> LossOutput:
-        f_bf, thr = self.batch_encode(params, x_bd)
+        f_bf, thr = self.batch_encode(params, x_bd, ctx.k_limit)
         yhats = self.reconstruct_groups(params, x_bd, f_bf)
         recs = [sse_mean(y_bo - yh) for yh in yhats]
         rec = sum(recs) / len(recs)

@@ -66,6 +66,8 @@ class TopK(Dictionary):
         k_enc = min(4 * self.k, self.d_sae) if self.multi_topk else self.k
         vals_all, idx_all = encode_topk_relu(self, params, x_bd, k_enc)
         vals_bk, idx_bk = vals_all[:, : self.k], idx_all[:, : self.k]
+        if ctx.k_limit is not None:  # a sweep's smaller k: the slots past it are dropped (top-k is sorted)
+            vals_bk = jnp.where(jnp.arange(self.k) < ctx.k_limit, vals_bk, 0.0)
         yhat_bo = self._recon(params, x_bd, vals_bk, idx_bk)
         rec = sse_mean(y_bo - yhat_bo)
         aux = aux_k_loss(self, params, x_bd, y_bo - yhat_bo, ctx.dead_f, self.aux_k)

@@ -93,6 +93,7 @@ class Run:
     metrics: list[dict] = dataclasses.field(default_factory=list)
     already_finished: bool = False  # the run had finished before this call: nothing was changed
     resumed_with_changes: list[str] = dataclasses.field(default_factory=list)  # config edits since the checkpoint
+    sweep: list[dict] | None = None  # a vmapped sweep's per-dictionary settings (jaxsae.train.sweep)
 
 
 def _manifest(cfg: Config, spec: Dictionary, source) -> dict:
@@ -129,7 +130,9 @@ def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
     return c_in, c_out, np.asarray(b_dec)  # host values: identical on every process
 
 
-def setup(cfg: Config, mesh=None) -> Run:
+def setup(cfg: Config, mesh=None, sweep: list[dict] | None = None) -> Run:
+    """Wire a run. With `sweep` (a list of {k, sparsity_coefficient, lr, seed}) the spec is a
+    jaxsae.train.sweep.Sweep training one dictionary per entry in the same compiled step."""
     cfg = cfg.validate()
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
     source = make_source(cfg.data, cfg.seed, cfg.train.batch_size)
@@ -147,7 +150,11 @@ def setup(cfg: Config, mesh=None) -> Run:
     if cfg.train.batch_size % n_data:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the mesh's data axis "
                          f"({n_data} devices); use a multiple of {n_data}")
-    return Run(cfg, spec, sched, mesh, source)
+    if sweep is not None:
+        from jaxsae.train import sweep as sweep_lib
+
+        spec = sweep_lib.build(cfg, spec, sched, sweep)
+    return Run(cfg, spec, sched, mesh, source, sweep=sweep)
 
 
 def init_state(run: Run):
@@ -155,7 +162,7 @@ def init_state(run: Run):
     shapes from eval_shape, then `jit(init_fn, out_shardings=...)` builds every array straight
     into its sharding (nothing is built on one device and resharded)."""
     spec, sched = run.spec, run.schedule
-    tx = optim.make_optimizer(sched, spec.unit_norm_decoder)
+    tx = optim.make_optimizer(sched, spec.unit_norm_decoder, getattr(spec, "lr_factors", None))
 
     def init_fn(key, b_dec, c_in, c_out):
         return state_lib.create(spec, tx, key, b_dec, c_in, c_out)
@@ -171,13 +178,13 @@ def init_state(run: Run):
     return tx, abstract, shardings, init_fn
 
 
-def train(cfg: Config, workdir: str, mesh=None, progress: bool = True) -> Run:
+def train(cfg: Config, workdir: str, mesh=None, progress: bool = True, sweep: list[dict] | None = None) -> Run:
     """Train (or resume) a dictionary; write checkpoints, metrics.jsonl and the SAELens export.
 
     One writer per `workdir` (a lock file, see jaxsae.runlock). Resumes from the newest checkpoint
     that verifies; a run that already finished changes nothing. Raises TrainingError when the run
     diverges (nothing non-finite is ever saved) and Interrupted on Ctrl-C."""
-    run = setup(cfg, mesh)
+    run = setup(cfg, mesh, sweep)
     with runlock.hold(workdir, "training", enabled=jax.process_index() == 0):
         return _train(run, workdir, progress)
 
@@ -412,6 +419,12 @@ def finish(run: Run, workdir: str) -> dict:
         from jax.experimental import multihost_utils
 
         state = multihost_utils.process_allgather(state, tiled=True)
+    if run.spec.export_format == "sweep":
+        if jax.process_index() != 0:
+            return {}
+        from jaxsae.train import sweep as sweep_lib
+
+        return sweep_lib.finish(run, state, workdir, run.sweep)
     sae = inference_sae(run.spec, state)
     bad = fingerprint.nonfinite(sae.params)
     if bad:

@@ -51,14 +51,40 @@ def project_decoder_grads(key: str = "W_dec") -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(s: Schedule, unit_norm_decoder: bool) -> optax.GradientTransformation:
+def clip_by_leading_norm(max_norm: float) -> optax.GradientTransformation:
+    """Global-norm clipping done separately for each index of every leaf's leading axis (the
+    dictionaries of a sweep: one dictionary's large gradient never shrinks another's step)."""
+
+    def update(updates, state, params=None):
+        sq = sum(jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in jax.tree.leaves(updates))
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(jnp.sqrt(sq), EPS))
+        return jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_leading(factors) -> optax.GradientTransformation:
+    """Multiply index i of every leaf's leading axis by factors[i] (a sweep's per-dictionary LR)."""
+    f = jnp.asarray(factors, jnp.float32)
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda g: g * f.reshape((-1,) + (1,) * (g.ndim - 1)), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(s: Schedule, unit_norm_decoder: bool, lr_factors=None) -> optax.GradientTransformation:
+    """lr_factors: a sweep's per-dictionary LR multipliers (leading axis of every parameter); with
+    them gradient clipping is per dictionary too."""
     parts = []
     if unit_norm_decoder:
         parts.append(project_decoder_grads())
     if s.grad_clip and s.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(s.grad_clip))
+        parts.append(clip_by_leading_norm(s.grad_clip) if lr_factors is not None else optax.clip_by_global_norm(s.grad_clip))
     parts.append(optax.scale_by_adam(b1=s.b1, b2=s.b2, eps=s.eps))
     parts.append(optax.scale_by_learning_rate(lr_schedule(s)))
+    if lr_factors is not None:
+        parts.append(scale_leading(lr_factors))
     return optax.chain(*parts)
 
 
