@@ -128,7 +128,8 @@ def test_recovers_the_true_cross_layer_features(activation, tmp_path):
     """On the layered toy (each layer's features write to every later layer), the learned
     concatenated decoders match the true write directions: >= 95% of the 144 features above
     cosine 0.9 (measured: topk 1.0, batchtopk 0.99, jumprelu 0.98)."""
-    run = loop.train(_clt_config(activation, 1500), str(tmp_path), mesh=_one_device(), progress=False)
+    steps = {"topk": 1000, "batchtopk": 800, "jumprelu": 1500}[activation]  # each well past its plateau
+    run = loop.train(_clt_config(activation, steps), str(tmp_path), mesh=_one_device(), progress=False)
     summary = json.load(open(tmp_path / "summary.json"))
     dec = summary["ground_truth"]["decoder_mean"]
     assert dec["frac_recovered"] >= 0.95 and dec["mmcs"] > 0.97, dec

@@ -43,7 +43,7 @@ def _separate(cfg, v, workdir, mesh):
 def test_each_dictionary_equals_its_separate_run(arch, grid, unroll, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.Sweep, "unroll", unroll)
     variants = sweep.variants(grid)
-    cfg = toy_config(arch, steps=30, d_sae=64, train={"dead_tokens": 512, "checkpoint_every": 15})
+    cfg = toy_config(arch, steps=16, d_sae=64, train={"dead_tokens": 512, "checkpoint_every": 8})
     run = loop.train(cfg, str(tmp_path / "sweep"), mesh=_one(), progress=False, sweep=variants)
     assert run.spec.n == len(variants)
     for i, v in enumerate(variants):
