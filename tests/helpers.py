@@ -15,3 +15,27 @@ def toy_config(arch="topk", steps=20, batch=256, d_sae=128, **over):
     toy.update(over.pop("toy", {}))
     data = {"source": "toy", "toy": toy}
     return C.from_dict({"sae": sae, "train": train, "data": data, **over})
+
+
+def batches_dying_after(real, n_batches: int):
+    """A stand-in for jaxsae.data.pipeline.batches whose iterator raises KeyboardInterrupt (a kill)
+    when asked for batch n_batches + 1; monkeypatch it over pipeline.batches."""
+
+    def dying(*a, **k):
+        it = real(*a, **k)
+
+        class Dies:
+            n = 0
+
+            def __next__(self):
+                Dies.n += 1
+                if Dies.n > n_batches:
+                    raise KeyboardInterrupt(f"killed at step {n_batches}")
+                return next(it)
+
+            def get_state(self):
+                return it.get_state()
+
+        return Dies()
+
+    return dying

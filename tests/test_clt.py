@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import toy_config
+from helpers import batches_dying_after, toy_config
 
 from jaxsae import config as C
 from jaxsae import sharding
@@ -166,25 +166,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
     cfg = _clt_config("batchtopk", 30, sae={"d_sae": 32, "threshold_start_step": 5}, train={"checkpoint_every": 10})
     loop.train(cfg, str(tmp_path / "full"), mesh=_one_device(), progress=False)
     real = pipeline.batches
-
-    def dying(*a, **k):
-        it = real(*a, **k)
-
-        class Dies:
-            n = 0
-
-            def __next__(self):
-                Dies.n += 1
-                if Dies.n > 17:
-                    raise KeyboardInterrupt("killed at step 17")
-                return next(it)
-
-            def get_state(self):
-                return it.get_state()
-
-        return Dies()
-
-    monkeypatch.setattr(pipeline, "batches", dying)
+    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, 17))
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False)
     monkeypatch.setattr(pipeline, "batches", real)
@@ -266,14 +248,14 @@ def test_trains_from_the_sites_of_one_harvest_and_from_the_stream(tmp_path):
     lm_dir = make_tiny_lm(str(tmp_path / "lm"))
     ins = tuple(f"blocks.{i}.ln2.hook_normalized" for i in range(3))
     outs = tuple(f"blocks.{i}.hook_mlp_out" for i in range(3))
-    lm = LMConfig(path=lm_dir, sites=ins + outs, context=32, batch_windows=8, windows=32, buffer_batches=4)
+    lm = LMConfig(path=lm_dir, sites=ins + outs, context=32, batch_windows=8, windows=16, buffer_batches=2)
     harvest_lib.harvest(lm, TextConfig(), str(tmp_path / "store"), progress=False)
     src = LayeredStoreSource(str(tmp_path / "store"), ins, outs, seed=0, batch_size=64)
     x, y = src.batch(0)
     assert x.shape == (64, 3, 32) and y.shape == (64, 3, 32) and src.n_layers == 3
     data = C.from_dict({"data": {"source": "stream", "in_sites": ins, "out_sites": outs,
                                  "lm": {"path": lm_dir, "sites": ins + outs, "context": 32, "batch_windows": 8,
-                                        "buffer_batches": 4}}}).data
+                                        "buffer_batches": 2}}}).data
     stream = StreamSource(data, seed=0, batch_size=64)
     xs, ys = stream.batch(0)
     assert xs.shape == x.shape and ys.shape == y.shape
@@ -285,7 +267,7 @@ def test_trains_from_the_sites_of_one_harvest_and_from_the_stream(tmp_path):
     np.testing.assert_allclose(store_y[row], ys[0].reshape(-1), rtol=1e-4, atol=1e-5)
 
     cfg = C.from_dict({"sae": {"architecture": "clt", "activation": "topk", "d_sae": 64, "k": 4},
-                       "train": {"steps": 20, "batch_size": 64, "log_every": 10, "checkpoint_every": 20,
+                       "train": {"steps": 8, "batch_size": 64, "log_every": 4, "checkpoint_every": 8,
                                  "norm_batches": 2, "b_dec_samples": 128},
                        "data": {"source": "store", "path": str(tmp_path / "store"), "in_sites": ins, "out_sites": outs}})
     loop.train(cfg, str(tmp_path / "run"), mesh=_one_device(), progress=False)

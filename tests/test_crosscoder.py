@@ -133,7 +133,7 @@ def test_trains_across_two_models_stores_of_the_same_windows(tmp_path):
     site = "blocks.1.hook_resid_post"
     for name, lm_dir in (("sa", a), ("sb", b)):
         harvest_lib.harvest(LMConfig(path=lm_dir, sites=(site, "blocks.0.hook_resid_post"), context=32, batch_windows=8,
-                                     windows=32), TextConfig(), str(tmp_path / name), progress=False)
+                                     windows=16), TextConfig(), str(tmp_path / name), progress=False)
     src = ModelsStoreSource((str(tmp_path / "sa"), str(tmp_path / "sb")), site, seed=0, batch_size=64)
     x, y = src.batch(0)
     assert x.shape == (64, 2, 32) and np.abs(x[:, 0] - x[:, 1]).max() > 0
@@ -141,13 +141,13 @@ def test_trains_across_two_models_stores_of_the_same_windows(tmp_path):
     same = ModelsStoreSource((str(tmp_path / "sa"), str(tmp_path / "sb")), "blocks.0.hook_resid_post", 0, 64)
     x0, _ = same.batch(3)
     np.testing.assert_allclose(x0[:, 0], x0[:, 1], rtol=1e-5, atol=1e-5)
-    harvest_lib.harvest(LMConfig(path=b, sites=(site,), context=32, batch_windows=8, windows=16), TextConfig(),
+    harvest_lib.harvest(LMConfig(path=b, sites=(site,), context=32, batch_windows=8, windows=8), TextConfig(),
                         str(tmp_path / "other"), progress=False)
     with pytest.raises(StoreError, match="other token windows"):
         ModelsStoreSource((str(tmp_path / "sa"), str(tmp_path / "other")), site, 0, 64)
     cfg = C.from_dict({"sae": {"architecture": "crosscoder", "activation": "batchtopk", "d_sae": 64, "k": 4,
                                "threshold_start_step": 2},
-                       "train": {"steps": 20, "batch_size": 64, "log_every": 10, "checkpoint_every": 20,
+                       "train": {"steps": 8, "batch_size": 64, "log_every": 4, "checkpoint_every": 8,
                                  "norm_batches": 2, "b_dec_samples": 128},
                        "data": {"source": "store", "paths": [str(tmp_path / "sa"), str(tmp_path / "sb")],
                                 "site": site}})

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import toy_config
+from helpers import batches_dying_after, toy_config
 from tiny_lm import make_tiny_lm
 
 from jaxsae import config as C
@@ -53,25 +53,7 @@ def test_interrupted_store_training_resumes_bit_identically(store_dir, tmp_path,
     cfg = _cfg(store_dir)
     loop.train(cfg, str(tmp_path / "full"), progress=False)
     real = pipeline.batches
-
-    def dying(*a, **k):
-        it = real(*a, **k)
-
-        class Dies:
-            n = 0
-
-            def __next__(self):
-                Dies.n += 1
-                if Dies.n > 27:
-                    raise KeyboardInterrupt("killed at step 27")
-                return next(it)
-
-            def get_state(self):
-                return it.get_state()
-
-        return Dies()
-
-    monkeypatch.setattr(pipeline, "batches", dying)
+    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, 27))
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, str(tmp_path / "cut"), progress=False)
     monkeypatch.setattr(pipeline, "batches", real)

@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import toy_config
+from helpers import batches_dying_after, toy_config
 
 from jaxsae import config as C
 from jaxsae import sharding
@@ -69,25 +69,7 @@ def test_sharded_sweep_equals_one_device_and_resumes_exactly(tmp_path, monkeypat
         np.testing.assert_allclose(np.asarray(one.state.params[name]), np.asarray(eight.state.params[name]),
                                    rtol=1e-4, atol=2e-6, err_msg=name)
     real = pipeline.batches
-
-    def dying(*a, **k):
-        it = real(*a, **k)
-
-        class Dies:
-            n = 0
-
-            def __next__(self):
-                Dies.n += 1
-                if Dies.n > 13:
-                    raise KeyboardInterrupt("killed at step 13")
-                return next(it)
-
-            def get_state(self):
-                return it.get_state()
-
-        return Dies()
-
-    monkeypatch.setattr(pipeline, "batches", dying)
+    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, 13))
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, str(tmp_path / "cut"), mesh=_one(), progress=False, sweep=variants)
     monkeypatch.setattr(pipeline, "batches", real)

@@ -308,6 +308,37 @@ def aux_k_loss(spec: Dictionary, params: Params, x_bd: jax.Array, resid_bo: jax.
     return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), x_bd, params)
 
 
+def threshold_ema(old: jax.Array, batch: jax.Array, rate: float, step: jax.Array, start_step: int) -> jax.Array:
+    """The BatchTopK inference threshold: from `start_step` on, an EMA (rate `rate`) of each
+    batch's smallest kept activation, started at the first batch's value (old < 0: not yet set)."""
+    new = jnp.where(old < 0, batch, rate * old + (1 - rate) * batch)
+    return jnp.where(step >= start_step, new, old)
+
+
+def dense_aux_k_loss(decode, params, pre_nf: jax.Array, resid: jax.Array, dead: jax.Array, k_aux: int,
+                     n_dead_norm: float) -> jax.Array:
+    """AuxK for dictionaries whose decode takes dense latents (multi-layer ones): the top-k_aux
+    dead latents of each row of `pre_nf` [N, F] (rows: tokens, or token x layer) reconstruct the
+    stop-gradient residual through `decode(params, a, bias=False)`, normalised by its variance and
+    scaled by min(n_dead / n_dead_norm, 1); 0 (and no work, under lax.cond) when nothing is dead."""
+    resid = jax.lax.stop_gradient(resid)
+    n_dead = jnp.sum(dead)
+
+    def aux(pre, params):
+        masked = jnp.where(dead, pre, -jnp.inf)
+        flat = masked.reshape(-1, masked.shape[-1])
+        vals, idx = latent_ops.top_k(flat, k_aux)
+        vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0)
+        a = jnp.zeros_like(flat).at[jnp.arange(flat.shape[0])[:, None], idx].set(vals).reshape(pre.shape)
+        ehat = decode(params, a, bias=False)
+        num = jnp.sum(jnp.square(resid - ehat))
+        den = jnp.sum(jnp.square(resid - jnp.mean(resid, axis=0)))
+        scale = jnp.minimum(n_dead / n_dead_norm, 1.0)
+        return jnp.nan_to_num(scale * num / jnp.maximum(den, EPS)).astype(jnp.float32)
+
+    return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), pre_nf, params)
+
+
 def batch_kth_largest(a_bf: jax.Array, n_keep: int) -> jax.Array:
     """Exact n_keep-th largest value of a non-negative array, by bisection on float bit patterns.
 

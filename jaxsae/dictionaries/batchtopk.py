@@ -25,6 +25,7 @@ from jaxsae.dictionaries.base import (
     batch_kth_largest,
     n_batch_keep,
     sse_mean,
+    threshold_ema,
 )
 
 
@@ -87,10 +88,8 @@ class BatchTopK(Dictionary):
 
     def update_state(self, state, out: LossOutput, n_tokens, step):
         state = super().update_state(state, out, n_tokens, step)
-        old = state["threshold"]
-        new = jnp.where(old < 0, out.batch_threshold,
-                        self.threshold_ema * old + (1 - self.threshold_ema) * out.batch_threshold)
-        return {**state, "threshold": jnp.where(step >= self.threshold_start_step, new, old)}
+        return {**state, "threshold": threshold_ema(state["threshold"], out.batch_threshold, self.threshold_ema,
+                                                    step, self.threshold_start_step)}
 
     def to_inference(self, params, state):
         from jaxsae.dictionaries.jumprelu import JumpReLU

@@ -38,7 +38,9 @@ from jaxsae.dictionaries.base import (
     LossContext,
     LossOutput,
     batch_kth_largest,
+    dense_aux_k_loss,
     n_batch_keep,
+    threshold_ema,
 )
 from jaxsae.dictionaries.jumprelu import jumprelu, step
 
@@ -215,25 +217,10 @@ class CrossLayerTranscoder(Dictionary):
         return LossOutput(loss, fired_lf, metrics, thr_l)
 
     def _aux_loss(self, params, pre_blf, err_blo, dead_lf):
-        """AuxK per layer: the top-k_aux dead latents of each layer reconstruct the (stop-gradient)
-        residual of every output layer through the decoder, normalised by its variance."""
-        resid = jax.lax.stop_gradient(err_blo)
-        n_dead = jnp.sum(dead_lf)
-        k_aux = self.aux_k
-
-        def aux(pre_blf, params):
-            masked = jnp.where(dead_lf, pre_blf, -jnp.inf)
-            flat = masked.reshape(-1, self.d_sae)
-            vals, idx = latent_ops.top_k(flat, k_aux)
-            vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0)
-            a = jnp.zeros_like(flat).at[jnp.arange(flat.shape[0])[:, None], idx].set(vals).reshape(pre_blf.shape)
-            ehat = self.decode(params, a, bias=False)
-            num = jnp.sum(jnp.square(resid - ehat))
-            den = jnp.sum(jnp.square(resid - jnp.mean(resid, axis=0)))
-            scale = jnp.minimum(n_dead / (k_aux * self.n_layers), 1.0)
-            return jnp.nan_to_num(scale * num / jnp.maximum(den, EPS)).astype(jnp.float32)
-
-        return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), pre_blf, params)
+        """AuxK per layer: the top-k_aux dead latents of each layer reconstruct the residual of
+        every output layer through the decoder."""
+        return dense_aux_k_loss(self.decode, params, pre_blf, err_blo, dead_lf, self.aux_k,
+                                self.aux_k * self.n_layers)
 
     def init_state(self):
         state = {"tokens_since_fired": jnp.zeros((self.n_layers, self.d_sae), jnp.int32)}
@@ -250,10 +237,8 @@ class CrossLayerTranscoder(Dictionary):
     def update_state(self, state, out: LossOutput, n_tokens, step):
         state = super().update_state(state, out, n_tokens, step)
         if self.activation == "batchtopk":
-            old = state["threshold"]
-            new = jnp.where(old < 0, out.batch_threshold,
-                            self.threshold_ema * old + (1 - self.threshold_ema) * out.batch_threshold)
-            state = {**state, "threshold": jnp.where(step >= self.threshold_start_step, new, old)}
+            state = {**state, "threshold": threshold_ema(state["threshold"], out.batch_threshold, self.threshold_ema,
+                                                         step, self.threshold_start_step)}
         return state
 
     # ----------------------------------------------------------------- export

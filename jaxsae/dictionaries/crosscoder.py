@@ -25,14 +25,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae import axes
-from jaxsae.dictionaries import latent_ops
 from jaxsae.dictionaries.base import (
     EPS,
     Dictionary,
     LossContext,
     LossOutput,
     batch_kth_largest,
+    dense_aux_k_loss,
     n_batch_keep,
+    threshold_ema,
 )
 
 ACTIVATIONS = ("batchtopk", "relu")  # trainable; "jumprelu" is the exported form of batchtopk
@@ -165,21 +166,7 @@ class Crosscoder(Dictionary):
         return LossOutput(loss, jnp.any(f_bf > 0, axis=0), metrics, thr)
 
     def _aux_loss(self, params, pre_bf, err_bld, dead_f):
-        resid = jax.lax.stop_gradient(err_bld)
-        n_dead = jnp.sum(dead_f)
-        k_aux = self.aux_k
-
-        def aux(pre_bf, params):
-            vals, idx = latent_ops.top_k(jnp.where(dead_f, pre_bf, -jnp.inf), k_aux)
-            vals = jnp.where(jnp.isfinite(vals), jax.nn.relu(vals), 0.0)
-            a = jnp.zeros_like(pre_bf).at[jnp.arange(pre_bf.shape[0])[:, None], idx].set(vals)
-            ehat = self.decode(params, a, bias=False)
-            num = jnp.sum(jnp.square(resid - ehat))
-            den = jnp.sum(jnp.square(resid - jnp.mean(resid, axis=0)))
-            scale = jnp.minimum(n_dead / k_aux, 1.0)
-            return jnp.nan_to_num(scale * num / jnp.maximum(den, EPS)).astype(jnp.float32)
-
-        return jax.lax.cond(n_dead > 0, aux, lambda *_: jnp.float32(0.0), pre_bf, params)
+        return dense_aux_k_loss(self.decode, params, pre_bf, err_bld, dead_f, self.aux_k, self.aux_k)
 
     def init_state(self):
         state = super().init_state()
@@ -196,10 +183,8 @@ class Crosscoder(Dictionary):
     def update_state(self, state, out: LossOutput, n_tokens, step):
         state = super().update_state(state, out, n_tokens, step)
         if self.activation == "batchtopk":
-            old = state["threshold"]
-            new = jnp.where(old < 0, out.batch_threshold,
-                            self.threshold_ema * old + (1 - self.threshold_ema) * out.batch_threshold)
-            state = {**state, "threshold": jnp.where(step >= self.threshold_start_step, new, old)}
+            state = {**state, "threshold": threshold_ema(state["threshold"], out.batch_threshold, self.threshold_ema,
+                                                         step, self.threshold_start_step)}
         return state
 
     def to_inference(self, params, state):
