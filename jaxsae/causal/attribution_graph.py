@@ -433,6 +433,8 @@ def write(g: Graph, out_dir: str, slug: str = "graph", node_threshold: float = 0
     summary = {"slug": slug, "prompt": g.prompt, **scores(g), "n_active_features": g.n_active,
                "n_feature_nodes": len(g.features), "n_logits": len(g.logit_ids),
                "kept_nodes": len(data["nodes"]), "kept_links": len(data["links"]), "top_path": top_path(g, data),
+               "top_feature_path": top_path(g, data, through_features=True),
+               "logits": [[t, round(float(p), 4)] for t, p in zip(g.logit_strings, g.logit_probs)],
                "settings": settings or {}}
     from jaxsae.report.graph import render
 
@@ -441,10 +443,15 @@ def write(g: Graph, out_dir: str, slug: str = "graph", node_threshold: float = 0
     return summary
 
 
-def top_path(g: Graph, data: dict) -> list[str]:
-    """From the top logit back to a token, following the strongest kept incoming edge."""
+def top_path(g: Graph, data: dict, through_features: bool = False) -> list[str]:
+    """From the top logit back towards a token, following the strongest kept incoming edge (with
+    through_features, the strongest from a feature or token: error nodes have no inputs, so the
+    plain path stops at the first error it meets)."""
+    kinds = {n["node_id"]: n["feature_type"] for n in data["nodes"]}
     incoming: dict[str, list] = {}
     for link in data["links"]:
+        if through_features and kinds.get(link["source"]) == "mlp reconstruction error":
+            continue
         incoming.setdefault(link["target"], []).append(link)
     logit = next((n["node_id"] for n in data["nodes"] if n.get("is_target_logit")), None)
     path, node = [], logit
