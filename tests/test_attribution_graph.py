@@ -145,8 +145,7 @@ def test_logit_targets_stop_at_the_cumulative_probability():
 
 
 def test_pruning_influence_and_scores_equal_circuit_tracers(family_models, tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("circuit_tracer")
+    import torch
     from circuit_tracer.attribution.targets import LogitTarget
     from circuit_tracer.frontend.graph_models import Model
     from circuit_tracer.graph import Graph, compute_graph_scores, prune_graph
@@ -244,7 +243,6 @@ def test_attribute_binary_writes_the_graph_page_and_scores(tmp_path):
     assert 0 < summary["replacement"] <= 1 and 0 < summary["completeness"] <= 1 and summary["kept_links"] > 0
     data = json.load(open(tmp_path / "g" / "graph.json"))
     assert data["metadata"]["prompt"] == "To be or not to be" and len(data["metadata"]["prompt_tokens"]) >= 5
-    pytest.importorskip("circuit_tracer")
     from circuit_tracer.frontend.graph_models import Model
 
     Model.model_validate_json(json.dumps(data))

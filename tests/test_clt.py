@@ -179,8 +179,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
 
 
 def test_circuit_tracer_loads_the_export_with_equal_encodings(tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("circuit_tracer")
+    import torch
     from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
     from jaxsae.dictionaries.bound import SAE
@@ -205,8 +204,7 @@ def test_circuit_tracer_loads_the_export_with_equal_encodings(tmp_path):
 
 
 def test_transcoder_set_round_trips_through_circuit_tracer(tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("circuit_tracer")
+    import torch
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
     from jaxsae.dictionaries.bound import SAE

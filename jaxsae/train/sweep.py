@@ -150,7 +150,6 @@ def variants(grid: dict[str, list]) -> list[dict]:
 def build(cfg, base: Dictionary, sched, grid: list[dict]) -> Sweep:
     """The sweep spec over `grid` (a list of {k, sparsity_coefficient, lr, seed}) for a base spec
     built with the config's values (its k is raised to the largest swept k)."""
-    n = len(grid)
     ks = tuple(v.get("k", getattr(base, "k", None)) for v in grid) if any("k" in v for v in grid) else ()
     if ks:
         if not hasattr(base, "k"):
@@ -162,8 +161,7 @@ def build(cfg, base: Dictionary, sched, grid: list[dict]) -> Sweep:
     lrs = tuple(v.get("lr", sched.lr) / sched.lr for v in grid)
     seeds = tuple(int(v.get("seed", cfg.seed)) for v in grid)
     return Sweep(d_in=base.d_in, d_sae=base.d_sae, d_out=base.d_out, unit_norm_decoder=base.unit_norm_decoder,
-                 base=base, ks=ks, sparsities=sp, lr_factors=lrs if any(f != 1.0 for f in lrs) else (1.0,) * n,
-                 seeds=seeds)
+                 base=base, ks=ks, sparsities=sp, lr_factors=lrs, seeds=seeds)
 
 
 def finish(run, state, workdir: str, grid: list[dict]) -> dict:
