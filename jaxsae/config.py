@@ -19,7 +19,7 @@ _UNIONS = (typing.Union, types.UnionType)
 
 NORMALIZE = ("none", "expected_norm", "unit_msn", "auto")
 B_DEC_INIT = ("geometric_median", "mean", "zeros")
-DATA_SOURCES = ("toy", "npy", "store", "stream")
+DATA_SOURCES = ("toy", "npy", "store", "stream", "contexts")
 TEXT_KINDS = ("shakespeare", "text", "jsonl", "parquet", "hf_disk")
 DTYPES = ("float32", "bfloat16")
 
@@ -45,6 +45,7 @@ class SAEConfig:
     apply_b_dec_to_input: bool | None = None
     pre_act_coefficient: float | None = None  # clt (jumprelu): lambda_P of the pre-activation loss
     tanh_c: float | None = None  # clt (jumprelu): c of the tanh sparsity penalty
+    head_mixing: str | None = None  # multitoken_transcoder: learned (signed mixture of heads) | top1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +88,16 @@ class LMConfig:
     sites: tuple[str, ...] = ("blocks.15.hook_resid_post",)  # harvested together in one forward
     context: int = 128  # tokens per window, BOS included
     batch_windows: int = 16  # windows per forward (and per store shard)
-    windows: int = 0  # windows to harvest; 0: the whole corpus
+    windows: int = 0  # windows to harvest (multitoken stream: to train on); 0: the whole corpus
     dtype: str = "float32"  # model and store dtype: float32 | bfloat16
     buffer_batches: int = 16  # streaming: forwards mixed together before training on them
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: str = "toy"  # toy | npy | store (a harvested activation store) | stream (LM in the loop)
+    # toy | npy | store (a harvested activation store) | stream (LM in the loop) | contexts (whole
+    # contexts with attention patterns, for multitoken transcoders)
+    source: str = "toy"
     path: str | None = None  # npy: [N, d_in] array; store: the store directory
     y_path: str | None = None  # npy: optional [N, d_out] target array (transcoders)
     site: str | None = None  # store/stream: the site to train on (default: the first of lm.sites)
@@ -166,6 +169,26 @@ class Config:
                                  "(one store per model, same text, windows and seed) with --config.data.site")
             if d.out_sites and tuple(d.out_sites) != tuple(d.in_sites):
                 raise ValueError("a crosscoder reconstructs the sites it reads: leave data.out_sites empty")
+        if s.architecture == "multitoken_transcoder":
+            from jaxsae.dictionaries.multitoken import ACTIVATIONS as MTC_ACTIVATIONS
+            from jaxsae.dictionaries.multitoken import HEAD_MIXING
+
+            if s.activation not in MTC_ACTIVATIONS:
+                raise ValueError(f"sae.activation={s.activation!r} is unknown for a multitoken transcoder; valid "
+                                 f"choices: {', '.join(MTC_ACTIVATIONS)}")
+            if s.head_mixing is not None and s.head_mixing not in HEAD_MIXING:
+                raise ValueError(f"sae.head_mixing={s.head_mixing!r} is unknown; valid choices: {', '.join(HEAD_MIXING)}")
+            if d.source not in ("stream", "contexts"):
+                raise ValueError("sae.architecture=multitoken_transcoder trains on whole contexts: use "
+                                 "data.source=stream (the LM in the loop) or data.source=contexts (a directory "
+                                 "written by jaxsae.data.contexts.save)")
+            if d.source == "stream":
+                from jaxsae.data.contexts import check_sites
+
+                check_sites(d.in_sites, d.out_sites)
+        elif d.source == "contexts":
+            raise ValueError("data.source=contexts (whole contexts with attention patterns) is the data of "
+                             "sae.architecture=multitoken_transcoder")
         if d.paths and d.source != "store":
             raise ValueError("data.paths (one store per model) needs data.source=store")
         if d.in_sites and len(d.in_sites) != len(d.out_sites or d.in_sites):
@@ -183,6 +206,8 @@ class Config:
             raise ValueError(f"train.b_dec_init={t.b_dec_init!r} is unknown; valid choices: {', '.join(B_DEC_INIT)}")
         if d.source not in DATA_SOURCES:
             raise ValueError(f"data.source={d.source!r} is unknown; valid choices: {', '.join(DATA_SOURCES)}")
+        if d.source == "contexts" and not d.path:
+            raise ValueError("data.source=contexts needs --config.data.path=DIR (x.npy, pattern.npy, y.npy, meta.json)")
         if d.source == "npy" and not d.path:
             raise ValueError("data.source=npy needs --config.data.path=FILE.npy (an [N, d_in] float array)")
         if d.source == "store" and not (d.path or d.paths):

@@ -5,6 +5,7 @@
   blocks.{L}.hook_resid_post     output of block L
   blocks.{L}.hook_attn_out       attention output (before it is added to the residual)
   blocks.{L}.hook_mlp_out        MLP output (before it is added to the residual)
+  blocks.{L}.ln1.hook_normalized the attention's normalised input
   blocks.{L}.ln2.hook_normalized the MLP's normalised input
   blocks.{L}.attn.hook_z         per-head attention output before the output projection,
                                  [batch, seq, heads, head_dim] (grouped heads flattened group-major)
@@ -33,7 +34,8 @@ import jax.numpy as jnp
 from penzai import pz
 from penzai.models.transformer import model_parts
 
-KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln2.hook_normalized",
+KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "ln1.hook_normalized",
+         "ln2.hook_normalized",
          "attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
 HEAD_KINDS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")  # per-head values
 _SITE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in KINDS) + ")$")
@@ -87,9 +89,15 @@ def _after_leading_hooks(parts: list, at: int) -> int:
 
 
 def _attention_path(path, layers: dict[str, pz.nn.Layer]):
-    """The attention sublayer path with the per-head sites inside the attention (q, k, v at the end
-    of their projections, the pattern after the softmax, z before the output projection) and
-    hook_attn_out at its end."""
+    """The attention sublayer path [norm, attention, ...] with ln1.hook_normalized after the norm,
+    the per-head sites inside the attention (q, k, v at the end of their projections, the pattern
+    after the softmax, z before the output projection) and hook_attn_out at its end."""
+    if "ln1.hook_normalized" in layers:
+        parts = list(path.sublayers)
+        if isinstance(parts[0], pz.nn.Attention):
+            raise ValueError("ln1.hook_normalized: this model's attention has no input norm")
+        parts.insert(_after_leading_hooks(parts, 1), layers["ln1.hook_normalized"])
+        path = pz.nn.Sequential(parts)
     inner = {k: layers[k] for k in HEAD_KINDS if k in layers}
     if inner:
         def with_heads(attn):
@@ -294,6 +302,37 @@ def splice_sae(lm, site: str, sae, keep_error: bool = False):
         raise ValueError(f"splice_sae at {site}: the dictionary reads vectors of width d_in={sae.d_in} but this "
                          f"model's {kind} has width {width}; use a dictionary trained on this site of this model")
     return splice(lm, site, _SaeOut(site, keep_error), sae)
+
+
+@pz.pytree_dataclass
+class AttentionSplice(pz.nn.Layer):
+    """At hook_attn_out: replaces the attention output by fn(x_in, pattern, out, payload), where
+    x_in ([batch, seq, d]) and pattern ([batch, heads, seq, seq]) are this forward's values at the
+    layer's input site and attn.hook_pattern (read from the Taps placed there, which share these
+    state variables)."""
+
+    x_in: pz.StateVariable
+    pattern: pz.StateVariable
+    payload: Any
+    fn: Any = dataclasses.field(metadata={"pytree_node": False})
+    inserted_at_site: ClassVar[bool] = True
+
+    def __call__(self, value: Any, /, **_side_inputs) -> Any:
+        array, names, shape = _positional(value)
+        out = self.fn(_positional(self.x_in.value)[0], _positional(self.pattern.value)[0], array, self.payload)
+        return pz.nx.wrap(out.astype(value.dtype).reshape(shape)).tag(*names)
+
+
+@_on_penzai
+def splice_attention(lm, layer: int, fn, payload: Any = None, input_kind: str = "ln1.hook_normalized"):
+    """A copy of `lm` whose attention output at block `layer` is fn(x_in, pattern, out, payload):
+    an attention replacement (a multitoken transcoder) computed from the live normalised input and
+    the live attention pattern of the same forward, all by model surgery."""
+    x_tap = Tap.named(f"blocks.{layer}.{input_kind}")
+    p_tap = Tap.named(f"blocks.{layer}.attn.hook_pattern")
+    out = AttentionSplice(x_in=x_tap.saved, pattern=p_tap.saved, payload=payload, fn=fn)
+    return _rewrite(lm, {f"blocks.{layer}.{input_kind}": x_tap, f"blocks.{layer}.attn.hook_pattern": p_tap,
+                         f"blocks.{layer}.hook_attn_out": out})
 
 
 def splice_zero(lm, site: str):

@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (set before JAX initialises its backend)."""
 
+import dataclasses
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -19,15 +20,49 @@ def n_devices():
 
 
 @pytest.fixture(scope="session")
-def tiny_lm_tok(tmp_path_factory):
-    """(model, tokenizer) of the 2-layer tiny Llama with a real BPE tokenizer (tests/tiny_lm.py), built
-    once per test process for every eval test that needs a language model."""
+def tiny_lm_dir(tmp_path_factory):
+    """The HF directory of the 2-layer tiny Llama with a real BPE tokenizer (tests/tiny_lm.py), built
+    once per test process."""
     from tiny_lm import make_tiny_lm
 
+    return make_tiny_lm(str(tmp_path_factory.mktemp("tiny_lm")), layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_tok(tiny_lm_dir):
+    """(model, tokenizer) of that tiny Llama, for every eval test that needs a language model."""
     from jaxsae import models
 
-    d = make_tiny_lm(str(tmp_path_factory.mktemp("tiny_lm")), layers=2)
-    return models.load(d), models.load_tokenizer(d)
+    return models.load(tiny_lm_dir), models.load_tokenizer(tiny_lm_dir)
+
+
+@pytest.fixture(scope="session")
+def induction_model(tmp_path_factory):
+    """(config, model, training log) of the 2-layer attention-only induction model
+    (jaxsae.toy.induction, default config), trained once per test session: the first xdist worker
+    to need it trains it and leaves its parameter values in the workers' shared temp directory."""
+    import pickle
+
+    import jax
+    import numpy as np
+    from filelock import FileLock
+
+    from jaxsae.causal import interventions as iv
+    from jaxsae.toy import induction
+
+    cfg = induction.InductionConfig()
+    shared = tmp_path_factory.getbasetemp().parent  # the same directory for every worker
+    path = shared / "induction_model.pkl"
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            values, log = pickle.loads(path.read_bytes())
+            slots, _ = iv.freeze(induction.build(cfg))
+            lm = induction.build(cfg)
+            return cfg, dataclasses.replace(lm, model=iv.bind(slots, values)), log
+        lm, log = induction.train(cfg)
+        _, values = iv.freeze(lm)
+        path.write_bytes(pickle.dumps((jax.tree.map(np.asarray, values), log)))
+        return cfg, lm, log
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,8 @@ from jaxsae.toy import induction
 
 
 @pytest.fixture(scope="module")
-def toy():
-    cfg = induction.InductionConfig()
-    lm, log = induction.train(cfg)
+def toy(induction_model):
+    cfg, lm, log = induction_model
     clean = induction.prompts(cfg, jax.random.key(1), 8)
     other = induction.prompts(cfg, jax.random.key(2), 8)  # unrelated random blocks: resampling ablation
     return cfg, lm, log, clean, other

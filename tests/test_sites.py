@@ -30,8 +30,8 @@ def _hf_sites(hf, layer):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_family_every_site_matches_transformers(case, tmp_path):
-    """Every site of every block (resid pre/mid/post, attention and MLP outputs, the MLP's
-    normalised input, per-head z, attention patterns) equals transformers' value, one forward
+    """Every site of every block (resid pre/mid/post, attention and MLP outputs, the attention's
+    and the MLP's normalised inputs, per-head z, attention patterns) equals transformers' value, one forward
     for all of them."""
     kind, extra = CASES[case]
     hf = save_tiny(tmp_path, kind, **extra)

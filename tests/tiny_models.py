@@ -86,6 +86,8 @@ def hf_sites(hf, kind, layer, tokens, parallel=False):
     first = lambda o: o[0] if isinstance(o, tuple) else o
     hooks = [blk.register_forward_pre_hook(lambda m, a, k: caps.__setitem__("pre", a[0] if a else k["hidden_states"]),
                                            with_kwargs=True),
+             attn.register_forward_pre_hook(lambda m, a, k: caps.__setitem__("attn_in", a[0] if a else k["hidden_states"]),
+                                            with_kwargs=True),
              o_proj.register_forward_pre_hook(lambda m, a: caps.__setitem__("z", a[0])),
              attn_add.register_forward_hook(lambda m, i, o: caps.__setitem__("attn", first(o))),
              mlp.register_forward_pre_hook(lambda m, a, k: caps.__setitem__("mlp_in", a[0] if a else k["hidden_states"]),
@@ -100,6 +102,7 @@ def hf_sites(hf, kind, layer, tokens, parallel=False):
     b, t = tokens.shape
     n_heads = hf.config.num_attention_heads if kind != "gpt2" else hf.config.n_head
     want = {"hook_resid_pre": caps["pre"], "hook_attn_out": caps["attn"], "ln2.hook_normalized": caps["mlp_in"],
+            "ln1.hook_normalized": caps["attn_in"],
             "hook_mlp_out": caps["mlp"], "hook_resid_post": caps["post"], "attn.hook_z": caps["z"].reshape(b, t, n_heads, -1),
             "attn.hook_pattern": out.attentions[layer]}
     if not parallel:

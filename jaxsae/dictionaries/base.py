@@ -121,6 +121,20 @@ class Dictionary(abc.ABC):
             shapes["W_skip"] = ((d, o), (axes.D_IN, axes.D_OUT))
         return shapes
 
+    @property
+    def tokens_per_example(self) -> int:
+        """Tokens in one training example (1: a token row; whole-context dictionaries: the context)."""
+        return 1
+
+    def scale_inputs(self, x: jax.Array, scale: jax.Array) -> jax.Array:
+        """The input normalisation (x * scale); dictionaries whose inputs carry more than vectors
+        (attention patterns) scale only the vectors."""
+        return x * scale
+
+    def stat_rows(self, x, y):
+        """The rows the normalisation scale and the b_dec init are estimated from (host arrays)."""
+        return x, y
+
     def input_axes(self) -> tuple[str, ...]:
         """Logical axes of a training batch of inputs (multi-layer dictionaries add LAYER)."""
         return (axes.BATCH, axes.D_IN)

@@ -13,6 +13,7 @@ from jaxsae.dictionaries.crosscoder import Crosscoder
 from jaxsae.dictionaries.gated import Gated
 from jaxsae.dictionaries.jumprelu import JumpReLU
 from jaxsae.dictionaries.matryoshka import MatryoshkaBatchTopK
+from jaxsae.dictionaries.multitoken import MultitokenTranscoder
 from jaxsae.dictionaries.relu import ReLU
 from jaxsae.dictionaries.topk import TopK
 from jaxsae.dictionaries.transcoder import transcoder_fields
@@ -22,7 +23,9 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
 }
 # architectures over several layers (inputs [B, L, D]); not a valid transcoder activation
 MULTI_LAYER: dict[str, type[Dictionary]] = {cls.name: cls for cls in (CrossLayerTranscoder, Crosscoder)}
-NAMES = tuple(ARCHITECTURES) + ("transcoder",) + tuple(MULTI_LAYER)
+# architectures over whole contexts (inputs [B, T, D + H T]: one attention layer's inputs and patterns)
+WHOLE_CONTEXT: dict[str, type[Dictionary]] = {cls.name: cls for cls in (MultitokenTranscoder,)}
+NAMES = tuple(ARCHITECTURES) + ("transcoder",) + tuple(MULTI_LAYER) + tuple(WHOLE_CONTEXT)
 
 
 def spec_class(architecture: str, activation: str = "topk") -> type[Dictionary]:
@@ -30,6 +33,8 @@ def spec_class(architecture: str, activation: str = "topk") -> type[Dictionary]:
         return ARCHITECTURES[activation]
     if architecture in MULTI_LAYER:
         return MULTI_LAYER[architecture]
+    if architecture in WHOLE_CONTEXT:
+        return WHOLE_CONTEXT[architecture]
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; valid choices: {', '.join(NAMES)}")
     return ARCHITECTURES[architecture]

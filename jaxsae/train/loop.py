@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxsae import runlock, sharding
+from jaxsae import axes, runlock, sharding
 from jaxsae.atomic import atomic_write_text, remove_temporaries
 from jaxsae.config import Config, DataConfig
 from jaxsae.data import pipeline
@@ -47,7 +47,16 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
-def make_source(d: DataConfig, seed: int, batch_size: int):
+def make_source(d: DataConfig, seed: int, batch_size: int, whole_contexts: bool = False):
+    """The batch source of `d`; whole_contexts: context batches with attention patterns (multitoken
+    transcoders) from a contexts directory or the LM in the loop."""
+    process = (jax.process_index(), jax.process_count())
+    if d.source == "contexts" or (whole_contexts and d.source == "stream"):
+        from jaxsae.data import contexts
+
+        if d.source == "contexts":
+            return contexts.from_directory(d.path, seed, batch_size, process)
+        return contexts.ContextStreamSource(d, seed, batch_size, process)
     if d.source == "toy":
         if d.toy.layers > 0:
             from jaxsae.toy.layered import LayeredToySource
@@ -106,11 +115,15 @@ def _manifest(cfg: Config, spec: Dictionary, source) -> dict:
 def _init_stats(cfg: Config, source, sched: recipes.Schedule, spec: Dictionary):
     """Normalisation scales and the b_dec init, estimated from the first batches (deterministic)."""
     n_norm = max(1, cfg.train.norm_batches)
-    n_batches = max(n_norm, -(-cfg.train.b_dec_samples // cfg.train.batch_size))
+    tokens_per_batch = cfg.train.batch_size * spec.tokens_per_example
+    n_batches = max(n_norm, -(-cfg.train.b_dec_samples // tokens_per_batch))
     whole = getattr(source, "global_batch", source.batch)  # every process estimates from the same rows
     xs, ys = zip(*(whole(i) for i in range(n_batches)))
     x_all, y_all = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32)
     n_rows = n_norm * cfg.train.batch_size
+    if spec.tokens_per_example > 1:  # whole contexts: estimate from their token rows, in order
+        x_all, y_all = spec.stat_rows(x_all, y_all)
+        n_rows = len(x_all) * n_norm // n_batches
     if x_all.ndim == 3:  # [N, L, d]: each layer normalised on its own, scales [L, 1]
         c_in = np.float32([[data_init.norm_scale(x_all[:n_rows, i], sched.normalize)] for i in range(x_all.shape[1])])
         c_out = np.float32([[data_init.norm_scale(y_all[:n_rows, i], sched.normalize)] for i in range(y_all.shape[1])])
@@ -135,14 +148,16 @@ def setup(cfg: Config, mesh=None, sweep: list[dict] | None = None) -> Run:
     jaxsae.train.sweep.Sweep training one dictionary per entry in the same compiled step."""
     cfg = cfg.validate()
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    source = make_source(cfg.data, cfg.seed, cfg.train.batch_size)
-    is_tc = source.d_out != source.d_in or cfg.sae.architecture in ("transcoder", "clt")
+    whole = cfg.sae.architecture == "multitoken_transcoder"
+    source = make_source(cfg.data, cfg.seed, cfg.train.batch_size, whole_contexts=whole)
+    is_tc = source.d_out != source.d_in or cfg.sae.architecture in ("transcoder", "clt", "multitoken_transcoder")
     d_out = source.d_out if is_tc else None
     if cfg.sae.d_out is not None and cfg.sae.d_out != source.d_out:
         raise ValueError(f"sae.d_out={cfg.sae.d_out} but the data's target width is {source.d_out}")
     spec = recipes.spec_from_config(cfg.sae, source.d_in, d_out, cfg.train.steps,
-                                    n_layers=getattr(source, "n_layers", None))
-    if spec.input_axes()[1:-1] and not getattr(source, "n_layers", None):
+                                    n_layers=getattr(source, "n_layers", None),
+                                    data_fields=getattr(source, "spec_fields", None))
+    if axes.LAYER in spec.input_axes() and not getattr(source, "n_layers", None):
         raise ValueError(f"sae.architecture={cfg.sae.architecture} reads several layers, but the data gives one "
                          "site; set data.in_sites/out_sites (store, stream) or data.toy.layers (toy)")
     sched = recipes.resolve(cfg.sae.architecture, cfg.sae.activation, cfg.sae.d_sae, cfg.train)
@@ -168,7 +183,7 @@ def init_state(run: Run):
         return state_lib.create(spec, tx, key, b_dec, c_in, c_out)
 
     key = jax.random.key(run.cfg.seed)
-    n_layers = getattr(run.source, "n_layers", None) if len(spec.input_axes()) == 3 else None
+    n_layers = getattr(run.source, "n_layers", None) if axes.LAYER in spec.input_axes() else None
     scale = jnp.ones((n_layers, 1), jnp.float32) if n_layers else jnp.float32(1)
     b_dec_shape = (n_layers, spec.out_dim) if n_layers else (spec.out_dim,)
     dummy = (key, jnp.zeros(b_dec_shape, jnp.float32), scale, scale)
@@ -322,7 +337,7 @@ def _train(run: Run, workdir: str, progress: bool) -> Run:
             rows.append(row)
         pending.clear()
         dt = time.perf_counter() - t_last
-        tok_s = (step_now - step_last) * cfg.train.batch_size / max(dt, 1e-9)
+        tok_s = (step_now - step_last) * cfg.train.batch_size * spec.tokens_per_example / max(dt, 1e-9)
         t_last, step_last = time.perf_counter(), step_now
         if rows:
             rows[-1]["tokens_per_s"] = tok_s
@@ -431,7 +446,7 @@ def finish(run: Run, workdir: str) -> dict:
         raise TrainingError(f"the trained dictionary holds nan/inf in {bad}; not exported (any earlier "
                             f"{os.path.join(workdir, 'export')} is unchanged)")
     meta = {"jaxsae_spec": run.spec.describe(), "dataset_path": run.cfg.data.path or run.cfg.data.source,
-            "training_steps": run.schedule.total_steps, "training_tokens": run.schedule.total_steps * run.cfg.train.batch_size}
+            "training_steps": run.schedule.total_steps, "training_tokens": run.schedule.total_steps * run.cfg.train.batch_size * run.spec.tokens_per_example}
     if getattr(run.source, "site", None):  # activations of a language model: say which and where
         meta["hook_name"] = run.source.site
         meta["model_name"] = getattr(run.source, "model_name", None)
@@ -444,6 +459,12 @@ def finish(run: Run, workdir: str) -> dict:
         meta["in_sites"] = list(getattr(run.source, "in_sites", ()))
         meta["out_sites"] = list(getattr(run.source, "out_sites", ()))
         circuit_tracer.save(sae, os.path.join(workdir, "export"), meta)
+    elif run.spec.export_format == "multitoken":
+        from jaxsae.interop import multitoken
+
+        meta["in_sites"] = list(getattr(run.source, "in_sites", ()))
+        meta["out_sites"] = list(getattr(run.source, "out_sites", ()))
+        multitoken.save(sae, os.path.join(workdir, "export"), meta)
     elif run.spec.export_format == "crosscoder":
         from jaxsae.interop import crosscoder
 

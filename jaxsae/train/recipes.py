@@ -40,6 +40,10 @@ def recipe(architecture: str, d_sae: int, activation: str = "topk") -> Recipe:
         if activation == "relu":  # the April-2024 L1 recipe, the penalty on the sum of decoder norms
             return Recipe(5e-5, 0.9, 0.999, 1e-8, 1000, 0.2, -5, "expected_norm")
         return Recipe(3e-4, 0.9, 0.999, 1e-8, 1000, 0.2, 0, "expected_norm")
+    if architecture == "multitoken_transcoder":
+        if activation == "relu":
+            return Recipe(5e-5, 0.9, 0.999, 1e-8, 1000, 0.2, -5, "expected_norm")
+        return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
     if architecture == "topk":
         return Recipe(_topk_lr(d_sae), 0.9, 0.999, 6.25e-10, 1000, 0.2, 0, "expected_norm")
     if architecture in ("batchtopk", "matryoshka"):
@@ -91,11 +95,11 @@ def resolve(architecture: str, activation: str, d_sae: int, t: TrainConfig) -> S
 
 _SPEC_FIELDS = ("sparsity_coefficient", "variant", "bandwidth", "threshold_init", "k_aux", "aux_alpha",
                 "multi_topk", "sparse_decoder", "group_fractions", "threshold_start_step",
-                "apply_b_dec_to_input", "pre_act_coefficient", "tanh_c")
+                "apply_b_dec_to_input", "pre_act_coefficient", "tanh_c", "head_mixing")
 
 
 def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None, total_steps: int | None = None,
-                     n_layers: int | None = None) -> Dictionary:
+                     n_layers: int | None = None, data_fields: dict | None = None) -> Dictionary:
     """Build the dictionary spec: fields that are None or foreign to the architecture keep their
     defaults; fields the user set for the wrong architecture are rejected by `build`. With
     `total_steps`, the BatchTopK threshold EMA starts by step min(1000, total/10) so short runs
@@ -108,6 +112,11 @@ def spec_from_config(s: SAEConfig, d_in: int, d_out: int | None, total_steps: in
         kw["activation"] = s.activation
     if d_out is not None and d_out != d_in:
         kw["d_out"] = d_out
+    for name, v in (data_fields or {}).items():  # shapes only the data knows (heads, context length)
+        if name in valid:
+            kw[name] = v
+    if "head_mixing" in valid:
+        kw["activation"] = s.activation
     if s.architecture == "transcoder":
         kw["activation"] = s.activation
         kw["skip"] = s.skip

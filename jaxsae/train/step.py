@@ -17,7 +17,7 @@ def make_train_step(spec: Dictionary, tx: optax.GradientTransformation, sched: S
 
     def train_step(state: TrainState, x_bd: jax.Array, y_bo: jax.Array):
         nonfinite_inputs = jnp.sum(~jnp.isfinite(x_bd)) + jnp.sum(~jnp.isfinite(y_bo))
-        x_bd = x_bd.astype(jnp.float32) * state.scale_in
+        x_bd = spec.scale_inputs(x_bd.astype(jnp.float32), state.scale_in)
         y_bo = y_bo.astype(jnp.float32) * state.scale_out
         dead_f = state.dict_state["tokens_since_fired"] >= dead_tokens
         ctx = LossContext(sparsity_scale=optim.sparsity_scale(sched, state.step), dead_f=dead_f)
@@ -31,7 +31,7 @@ def make_train_step(spec: Dictionary, tx: optax.GradientTransformation, sched: S
         params = optax.apply_updates(state.params, updates)
         if spec.unit_norm_decoder:
             params = optim.renormalize_decoder(params)
-        dict_state = spec.update_state(state.dict_state, out, x_bd.shape[0], state.step)
+        dict_state = spec.update_state(state.dict_state, out, x_bd.shape[0] * spec.tokens_per_example, state.step)
         metrics = {
             **out.metrics,
             "loss": loss,

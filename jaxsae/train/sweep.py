@@ -150,6 +150,9 @@ def variants(grid: dict[str, list]) -> list[dict]:
 def build(cfg, base: Dictionary, sched, grid: list[dict]) -> Sweep:
     """The sweep spec over `grid` (a list of {k, sparsity_coefficient, lr, seed}) for a base spec
     built with the config's values (its k is raised to the largest swept k)."""
+    if base.export_format != "saelens":
+        raise ValueError(f"sweep: {base.name} dictionaries are not supported yet (a sweep exports SAELens "
+                         "directories); sweep an SAE or a per-layer transcoder, or run one job per setting")
     ks = tuple(v.get("k", getattr(base, "k", None)) for v in grid) if any("k" in v for v in grid) else ()
     if ks:
         if not hasattr(base, "k"):
