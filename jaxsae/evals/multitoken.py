@@ -127,6 +127,30 @@ def induction_check(lm, sae, cfg, layer: int = 1, n_prompts: int = 64, seed: int
             "loss_random_latents_ablated": float(np.mean(control))}
 
 
+def lm_check(lm, sae, layer: int, tokens_bt, repeated_bt=None, period: int | None = None,
+             batch: int = 8) -> dict:
+    """The MTC as a replacement on a language model: next-token CE over text windows `tokens_bt`
+    (positions >= 1) clean, with the MTC spliced at `layer`, and with that attention output zeroed;
+    ce_recovered = (zeroed - mtc) / (zeroed - clean). With `repeated_bt` ([BOS, r, r] rows of
+    period `period`) the same three second-repeat losses (in-context copying)."""
+    from jaxsae.causal import metrics
+
+    models = {"clean": lm, "mtc": splice(lm, layer, sae),
+              "attention_zeroed": sites.splice_zero(lm, f"blocks.{layer}.hook_attn_out")}
+
+    def mean_loss(model, toks, start):
+        vals = [np.asarray(metrics.loss(jnp.asarray(toks[i : i + batch]), start)(model(toks[i : i + batch])))
+                for i in range(0, len(toks), batch)]
+        return float(np.mean(np.concatenate(vals)))
+
+    out = {f"ce_{name}": mean_loss(m, tokens_bt, 1) for name, m in models.items()}
+    gap = out["ce_attention_zeroed"] - out["ce_clean"]
+    out["ce_recovered"] = (out["ce_attention_zeroed"] - out["ce_mtc"]) / gap if gap > 0 else float("nan")
+    if repeated_bt is not None:
+        out.update({f"induction_loss_{name}": mean_loss(m, repeated_bt, period + 1) for name, m in models.items()})
+    return out
+
+
 def contexts_of(lm, tokens_nt, layer: int, batch_windows: int = 16) -> dict[str, np.ndarray]:
     """Shorthand: jaxsae.data.contexts.collect at block `layer` (ln1.hook_normalized -> hook_attn_out)."""
     from jaxsae.data import contexts
