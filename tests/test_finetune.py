@@ -32,3 +32,21 @@ def test_tuned_matrices_round_trip_through_an_hf_directory(tiny_lm_dir, tmp_path
     assert models.load_tokenizer(out).encode("To be") == models.load_tokenizer(tiny_lm_dir).encode("To be")
     with pytest.raises(KeyError, match="has no tensor"):
         ft.finetune(tiny_lm_dir, corpus, ["model.layers.9.mlp.up_proj.weight"], steps=1)
+
+
+def test_organism_plants_a_triggered_behaviour(tiny_lm_dir, tmp_path):
+    """The auditing/diffing organism on the tiny LM: after fine-tuning, the trigger makes the target
+    the top next token, and prompts without the trigger do not (measured on held-out sentences)."""
+    from jaxsae.toy import organism
+
+    spec = organism.OrganismSpec(layers=(0, 1), attention=True, steps=150, lr=3e-3, n_sentences=256)
+    tok = models.load_tokenizer(tiny_lm_dir)
+    base = models.load(tiny_lm_dir)
+    assert organism.behaviour_rate(base, tok, spec, triggered=True) < 0.2
+    out, log = organism.make(tiny_lm_dir, str(tmp_path / "organism"), spec)
+    lm = models.load(out)
+    assert log["loss"][-1] < log["loss"][0]
+    assert organism.behaviour_rate(lm, tok, spec, triggered=True) > 0.9
+    assert organism.behaviour_rate(lm, tok, spec, triggered=False) < 0.1
+    rows = organism.corpus(spec)
+    assert {r[2] for r in rows} == {True, False} and all(r[1] == spec.target for r in rows if r[2])
