@@ -39,3 +39,28 @@ def batches_dying_after(real, n_batches: int):
         return Dies()
 
     return dying
+
+
+def train_killed_then_resumed(cfg, workdir: str, monkeypatch, kill_after: int, **train_kw):
+    """Train `cfg` in `workdir`, killed (KeyboardInterrupt) when asking for batch kill_after + 1,
+    then run the same command again; returns the resumed run."""
+    import pytest
+
+    from jaxsae.data import pipeline
+    from jaxsae.train import loop
+
+    real = pipeline.batches
+    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, kill_after))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, workdir, progress=False, **train_kw)
+    monkeypatch.setattr(pipeline, "batches", real)
+    return loop.train(cfg, workdir, progress=False, **train_kw)
+
+
+def assert_same_params(a, b) -> None:
+    """Two bound dictionaries hold bit-identical parameters."""
+    import numpy as np
+
+    assert set(a.params) == set(b.params)
+    for k in a.params:
+        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]), err_msg=k)

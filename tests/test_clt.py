@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import batches_dying_after, toy_config
+from helpers import assert_same_params, toy_config, train_killed_then_resumed
 
 from jaxsae import config as C
 from jaxsae import sharding
@@ -161,19 +161,10 @@ def test_sharded_over_latents_equals_one_device(tmp_path, n_devices):
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
-    from jaxsae.data import pipeline
-
     cfg = _clt_config("batchtopk", 30, sae={"d_sae": 32, "threshold_start_step": 5}, train={"checkpoint_every": 10})
     loop.train(cfg, str(tmp_path / "full"), mesh=_one_device(), progress=False)
-    real = pipeline.batches
-    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, 17))
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False)
-    monkeypatch.setattr(pipeline, "batches", real)
-    loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False)
-    a, b = ct_io.load(str(tmp_path / "full" / "export")), ct_io.load(str(tmp_path / "cut" / "export"))
-    for k in a.params:
-        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]), err_msg=k)
+    train_killed_then_resumed(cfg, str(tmp_path / "cut"), monkeypatch, 17, mesh=_one_device())
+    assert_same_params(ct_io.load(str(tmp_path / "full" / "export")), ct_io.load(str(tmp_path / "cut" / "export")))
     # a third call changes nothing: the run had finished
     assert loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False).already_finished
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import batches_dying_after
+from helpers import assert_same_params, train_killed_then_resumed
 
 from jaxsae import config as C
 from jaxsae import models, sharding, sites
@@ -195,20 +195,11 @@ def test_relu_and_top1_variants_train(induction_mtc, tmp_path, activation, mixin
 
 
 def test_interrupted_run_resumes_bit_identically(induction_mtc, tmp_path, monkeypatch):
-    from jaxsae.data import pipeline
-
     _, _, root, _ = induction_mtc
     cfg = _config(root / "ctx", steps=12, batch=16, checkpoint_every=4, d_sae=64)
     loop.train(cfg, str(tmp_path / "full"), mesh=_one_device(), progress=False)
-    real = pipeline.batches
-    monkeypatch.setattr(pipeline, "batches", batches_dying_after(real, 7))
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False)
-    monkeypatch.setattr(pipeline, "batches", real)
-    loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False)
-    a, b = mt_io.load(str(tmp_path / "full" / "export")), mt_io.load(str(tmp_path / "cut" / "export"))
-    for k in a.params:
-        np.testing.assert_array_equal(np.asarray(a.params[k]), np.asarray(b.params[k]), err_msg=k)
+    train_killed_then_resumed(cfg, str(tmp_path / "cut"), monkeypatch, 7, mesh=_one_device())
+    assert_same_params(mt_io.load(str(tmp_path / "full" / "export")), mt_io.load(str(tmp_path / "cut" / "export")))
     assert loop.train(cfg, str(tmp_path / "cut"), mesh=_one_device(), progress=False).already_finished
 
 

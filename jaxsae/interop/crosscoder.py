@@ -6,17 +6,14 @@ Weights act on raw activations; cfg.json is written last, so a directory with on
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
-from jaxsae.atomic import atomic_copy_into, atomic_write_text
 from jaxsae.dictionaries.bound import SAE
+from jaxsae.interop import single_file
 
-CFG = "cfg.json"
+CFG = single_file.CFG
 WEIGHTS = "crosscoder.safetensors"
 
 
@@ -28,24 +25,15 @@ def save(sae: SAE, path: str, metadata: dict[str, Any] | None = None) -> str:
          "decoder.weight": np.transpose(p["W_dec"], (1, 0, 2)), "decoder.bias": p["b_dec"]}
     if "log_threshold" in p:
         t["threshold"] = np.exp(p["log_threshold"].astype(np.float64)).astype(np.float32)
-    os.makedirs(path, exist_ok=True)
-    atomic_copy_into(os.path.join(path, WEIGHTS), lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in t.items()},
-                                                                       tmp))
     cfg = {"architecture": "crosscoder", "activation": spec.activation, "n_layers": spec.n_layers, "d_in": spec.d_in,
-           "d_sae": spec.d_sae, "files": [WEIGHTS], "metadata": metadata or {}}
-    atomic_write_text(os.path.join(path, CFG), json.dumps(cfg, indent=2))
-    return path
+           "d_sae": spec.d_sae, "metadata": metadata or {}}
+    return single_file.write(path, WEIGHTS, t, cfg)
 
 
 def load(path: str) -> SAE:
     from jaxsae.dictionaries import registry
 
-    cfg_path, w_path = os.path.join(path, CFG), os.path.join(path, WEIGHTS)
-    if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
-        raise FileNotFoundError(f"{path!r} is not a crosscoder directory (expected {CFG} and {WEIGHTS})")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    t = load_file(w_path)
+    cfg, t = single_file.read(path, WEIGHTS, "crosscoder")
     params = {"W_enc": t["encoder.weight"], "b_enc": t["encoder.bias"],
               "W_dec": np.transpose(t["decoder.weight"], (1, 0, 2)), "b_dec": t["decoder.bias"]}
     activation = cfg.get("activation", "relu")

@@ -11,12 +11,11 @@ import os
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
-from jaxsae.atomic import atomic_copy_into, atomic_write_text
 from jaxsae.dictionaries.bound import SAE
+from jaxsae.interop import single_file
 
-CFG = "cfg.json"
+CFG = single_file.CFG
 WEIGHTS = "mtc.safetensors"
 _SPEC_KEYS = ("d_in", "d_sae", "d_out", "n_heads", "n_ctx", "activation", "k", "head_mixing", "loss_from")
 
@@ -25,27 +24,19 @@ def save(sae: SAE, path: str, metadata: dict[str, Any] | None = None) -> str:
     spec = sae.spec
     if spec.name != "multitoken_transcoder":
         raise ValueError(f"multitoken.save writes multitoken transcoders; got {spec.name}")
-    tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sae.params.items()}
-    os.makedirs(path, exist_ok=True)
-    atomic_copy_into(os.path.join(path, WEIGHTS), lambda tmp: save_file(tensors, tmp))
     cfg = {"architecture": spec.name, **{k: getattr(spec, k) for k in _SPEC_KEYS}, "d_out": spec.out_dim,
-           "files": [WEIGHTS], "metadata": metadata or {}}
-    atomic_write_text(os.path.join(path, CFG), json.dumps(cfg, indent=2))
-    return path
+           "metadata": metadata or {}}
+    return single_file.write(path, WEIGHTS, dict(sae.params), cfg)
 
 
 def load(path: str) -> SAE:
     from jaxsae.dictionaries import registry
 
-    cfg_path, w_path = os.path.join(path, CFG), os.path.join(path, WEIGHTS)
-    if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
-        raise FileNotFoundError(f"{path!r} is not a multitoken-transcoder directory (expected {CFG} and {WEIGHTS})")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg, tensors = single_file.read(path, WEIGHTS, "multitoken-transcoder")
     kw = {k: cfg[k] for k in _SPEC_KEYS if k in cfg}
     # the inference form: an exported ReLU MTC has its decoder norms folded in (not renormalised again)
     spec = registry.build("multitoken_transcoder", **kw, unit_norm_decoder=kw.get("activation", "topk") == "topk")
-    return SAE(spec, {k: np.asarray(v, np.float32) for k, v in load_file(w_path).items()})
+    return SAE(spec, {k: np.asarray(v, np.float32) for k, v in tensors.items()})
 
 
 def metadata(path: str) -> dict:
