@@ -37,7 +37,15 @@ def tiny_lm_tok(tiny_lm_dir):
 
 
 @pytest.fixture(scope="session")
-def induction_model(tmp_path_factory):
+def shared_tmp(tmp_path_factory):
+    """A directory every xdist worker of this test session shares (this session's own, never an
+    earlier session's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def induction_model(shared_tmp):
     """(config, model, training log) of the 2-layer attention-only induction model
     (jaxsae.toy.induction, default config), trained once per test session: the first xdist worker
     to need it trains it and leaves its parameter values in the workers' shared temp directory."""
@@ -51,8 +59,7 @@ def induction_model(tmp_path_factory):
     from jaxsae.toy import induction
 
     cfg = induction.InductionConfig()
-    shared = tmp_path_factory.getbasetemp().parent  # the same directory for every worker
-    path = shared / "induction_model.pkl"
+    path = shared_tmp / "induction_model.pkl"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             values, log = pickle.loads(path.read_bytes())

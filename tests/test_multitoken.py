@@ -138,14 +138,14 @@ def _config(path, steps=400, batch=32, checkpoint_every=None, lr=None, **sae):
 
 
 @pytest.fixture(scope="module")
-def induction_mtc(tmp_path_factory, induction_model):
+def induction_mtc(shared_tmp, induction_model):
     """The induction model, 512 training contexts of layer 1 (repeated random blocks), and an MTC
     trained on them through the train loop: once per session (xdist workers share the directory;
     a later worker reopens the finished run, which changes nothing)."""
     from filelock import FileLock
 
     cfg, lm, _ = induction_model
-    root = tmp_path_factory.getbasetemp().parent / "mtc_induction"
+    root = shared_tmp / "mtc_induction"
     with FileLock(str(root) + ".lock"):
         if not (root / "ctx" / "meta.json").is_file():
             tokens = np.concatenate([induction.batch(cfg, jax.random.key(100 + i)) for i in range(8)])
