@@ -208,10 +208,6 @@ class MultitokenTranscoder(Dictionary):
         x, pattern = self.unpack(x_btp)
         return self.move(params, self.source_acts(params, x)[0], pattern)
 
-    def encode_sources(self, params, x_btp):
-        """The source-side activations a [B, T, F]."""
-        return self.source_acts(params, self.unpack(x_btp)[0])[0]
-
     def forward(self, params, x_btp):
         return self.decode(params, self.encode(params, x_btp))
 
